@@ -1,0 +1,161 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Scope is one permission a key grants: segments of lowercase letters,
+// digits, '.', '_' or '-' joined by ':' (occupancy:read, agents:activate),
+// where a segment may be '*' (devices:*, *:write); '*' alone is full access.
+// +kubebuilder:validation:MinLength=1
+// +kubebuilder:validation:MaxLength=128
+// +kubebuilder:validation:XValidation:rule="self.matches('^([a-z0-9]([a-z0-9._-]*[a-z0-9])?|[*])(:([a-z0-9]([a-z0-9._-]*[a-z0-9])?|[*]))*$')",message="a scope is lowercase words (letters, digits, '.', '_', '-') joined by ':', such as occupancy:read or devices:*, or '*' for full access"
+type Scope string
+
+// ApiKeySpec is what a team declares. Nothing in it is secret, so it is safe
+// to keep in Git.
+// +kubebuilder:validation:XValidation:rule="!has(oldSelf.archived) || !oldSelf.archived || (has(self.archived) && self.archived)",message="archival is one-way: spec.archived cannot go back to false; create a new ApiKey instead"
+// +kubebuilder:validation:XValidation:rule="has(self.secretName) == has(oldSelf.secretName) && (!has(self.secretName) || self.secretName == oldSelf.secretName)",message="spec.secretName cannot change once set; create a new ApiKey to use another Secret"
+type ApiKeySpec struct {
+	// DisplayName is a human-friendly name for the key.
+	// +optional
+	// +kubebuilder:validation:MaxLength=128
+	DisplayName string `json:"displayName,omitempty"`
+
+	// Description says what the key is for.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Description string `json:"description,omitempty"`
+
+	// Scopes the key grants. A gateway route names the scope it needs; a key
+	// without it is refused with 403.
+	// +listType=set
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=64
+	Scopes []Scope `json:"scopes"`
+
+	// Archived revokes the key at once. It is one-way: the ApiKey stays for
+	// audit, the key never works again.
+	// +optional
+	Archived bool `json:"archived,omitempty"`
+
+	// ExpiresAt is when the key stops working (RFC 3339).
+	// +optional
+	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
+
+	// SecretName is the Secret, in the ApiKey's namespace, that receives the
+	// key. Defaults to <name>-apikey. It cannot change once set.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	SecretName string `json:"secretName,omitempty"`
+}
+
+// KeyState is where a key stands in its life.
+// +kubebuilder:validation:Enum=Pending;Active;Archived;Expired;Failed
+type KeyState string
+
+// The states of a key.
+const (
+	// StatePending: no key has been issued yet.
+	StatePending KeyState = "Pending"
+	// StateActive: the key verifies.
+	StateActive KeyState = "Active"
+	// StateArchived: the key was revoked by spec.archived.
+	StateArchived KeyState = "Archived"
+	// StateExpired: spec.expiresAt has passed.
+	StateExpired KeyState = "Expired"
+	// StateFailed: keyward cannot issue or deliver the key (see conditions).
+	StateFailed KeyState = "Failed"
+)
+
+// Usage counts the calls made with a key.
+type Usage struct {
+	// Last24h is the number of allowed calls in the trailing 24 hours.
+	// +optional
+	Last24h int64 `json:"last24h"`
+	// Denied24h is the number of denied calls in the trailing 24 hours.
+	// +optional
+	Denied24h int64 `json:"denied24h"`
+}
+
+// ApiKeyStatus is keyward's view of the key. Everything in it can be
+// rebuilt from the ApiKeyRecord and the Secret, so losing it (a restore that
+// drops status) loses nothing.
+type ApiKeyStatus struct {
+	// KeyID is the public identifier of the current key (safe to log).
+	// +optional
+	KeyID string `json:"keyId,omitempty"`
+	// State of the key.
+	// +optional
+	State KeyState `json:"state,omitempty"`
+	// Scopes is spec.scopes as one comma-separated string, for kubectl.
+	// +optional
+	Scopes string `json:"scopes,omitempty"`
+	// SecretName is the Secret that holds the key.
+	// +optional
+	SecretName string `json:"secretName,omitempty"`
+	// Endpoint is the gateway URL the key is used against.
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+	// IssuedAt is when the current key was issued.
+	// +optional
+	IssuedAt *metav1.Time `json:"issuedAt,omitempty"`
+	// ArchivedAt is when the key was archived.
+	// +optional
+	ArchivedAt *metav1.Time `json:"archivedAt,omitempty"`
+	// LastUsedAt is the last time the key was used for an allowed call.
+	// +optional
+	LastUsedAt *metav1.Time `json:"lastUsedAt,omitempty"`
+	// Usage counts the calls of the trailing 24 hours.
+	// +optional
+	Usage *Usage `json:"usage,omitempty"`
+	// Conditions: Ready says whether the key is issued, delivered and valid.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// ObservedGeneration is the spec generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+}
+
+// ApiKey declares an API key. keyward issues it, stores only its hash, and
+// writes the plaintext once into a Secret beside it.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=ak;apikey,categories=keyward
+// +kubebuilder:printcolumn:name="Key ID",type=string,JSONPath=`.status.keyId`
+// +kubebuilder:printcolumn:name="Scopes",type=string,JSONPath=`.status.scopes`
+// +kubebuilder:printcolumn:name="State",type=string,JSONPath=`.status.state`
+// +kubebuilder:printcolumn:name="Calls-24h",type=integer,JSONPath=`.status.usage.last24h`
+// +kubebuilder:printcolumn:name="Last Used",type=date,JSONPath=`.status.lastUsedAt`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="has(self.spec.secretName) || size(self.metadata.name) <= 246",message="the name is too long for the default Secret name <name>-apikey; set spec.secretName"
+type ApiKey struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   ApiKeySpec   `json:"spec"`
+	Status ApiKeyStatus `json:"status,omitempty"`
+}
+
+// ApiKeyList is a list of ApiKeys.
+// +kubebuilder:object:root=true
+type ApiKeyList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ApiKey `json:"items"`
+}
+
+// EffectiveSecretName is the Secret the key goes into.
+func (k *ApiKey) EffectiveSecretName() string {
+	if k.Spec.SecretName != "" {
+		return k.Spec.SecretName
+	}
+	return k.Name + "-apikey"
+}
+
+func init() {
+	SchemeBuilder.Register(&ApiKey{}, &ApiKeyList{})
+}

@@ -1,0 +1,41 @@
+package v1alpha1
+
+// Condition types.
+const (
+	// ConditionReady says whether the key is issued, delivered and valid.
+	ConditionReady = "Ready"
+)
+
+// Reasons of the Ready condition.
+const (
+	ReasonIssued         = "Issued"
+	ReasonSecretConflict = "SecretConflict"
+	ReasonSecretMissing  = "SecretMissing"
+	ReasonArchived       = "Archived"
+	ReasonExpired        = "Expired"
+	ReasonIssueFailed    = "IssueFailed"
+	ReasonRecordConflict = "RecordConflict"
+)
+
+// Labels and annotations keyward puts on what it writes.
+const (
+	// LabelManagedBy marks the Secrets and records keyward wrote; the
+	// controller's Secret cache sees only Secrets with it.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	// ManagedByValue is the value of LabelManagedBy.
+	ManagedByValue = "keyward"
+	// LabelApiKey names the ApiKey a Secret or record belongs to.
+	LabelApiKey = "keyward.dev/apikey"
+	// AnnotationKeyID is the key ID a Secret holds.
+	AnnotationKeyID = "keyward.dev/key-id"
+	// Finalizer lets the controller revoke a deleted key before it is gone.
+	Finalizer = "keyward.dev/revoke"
+)
+
+// Data keys of the Secret that holds a key (documented in the README).
+const (
+	SecretKeyToken    = "token"
+	SecretKeyKeyID    = "keyId"
+	SecretKeySecret   = "secret"
+	SecretKeyEndpoint = "endpoint"
+)

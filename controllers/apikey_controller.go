@@ -1,0 +1,294 @@
+// Package controllers reconciles ApiKeys: it issues keys, records their
+// hashes, delivers the plaintext once into a Secret, and archives, expires
+// and revokes them.
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
+)
+
+// FieldOwner is the field manager of every write the controller makes.
+const FieldOwner = "keyward-controller"
+
+// secretNameIndex indexes ApiKeys by the Secret they name, so a change to a
+// Secret wakes every ApiKey that wants it (including one in conflict).
+const secretNameIndex = "keyward.dev/secret-name"
+
+// errCrashed ends a reconcile at an injected crash point (tests only).
+var errCrashed = errors.New("crash injected")
+
+// ApiKeyReconciler reconciles ApiKey objects.
+type ApiKeyReconciler struct {
+	client.Client
+	// APIReader reads past the label-selected Secret cache, to tell a
+	// foreign Secret from a missing one.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	// Endpoint is the gateway URL written into Secrets and status.
+	Endpoint string
+	Clock    clock.PassiveClock
+	// CrashAt, when set, is asked after each write; returning true ends the
+	// reconcile on the spot, as if the process had died there (tests only).
+	CrashAt func(point string) bool
+}
+
+// Crash points, in the order a first issue passes them.
+const (
+	PointSecretWritten = "secret-written"
+	PointRecordWritten = "record-written"
+)
+
+// +kubebuilder:rbac:groups=keyward.dev,resources=apikeys,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=keyward.dev,resources=apikeys/status,verbs=get;patch
+// +kubebuilder:rbac:groups=keyward.dev,resources=apikeys/finalizers,verbs=update
+// +kubebuilder:rbac:groups=keyward.dev,resources=apikeyrecords,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch
+
+// Reconcile brings one ApiKey to its declared state.
+func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, err error) {
+	key := &kw.ApiKey{}
+	if err := r.Get(ctx, req.NamespacedName, key); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !key.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.revokeDeleted(ctx, key)
+	}
+	if err := r.ensureFinalizer(ctx, key); err != nil {
+		return ctrl.Result{}, err
+	}
+
+	before := key.DeepCopy()
+	v := &verdict{}
+	defer func() {
+		if errors.Is(err, errCrashed) {
+			return
+		}
+		if perr := r.patchStatus(ctx, before, key, v); perr != nil && err == nil {
+			err = perr
+		}
+	}()
+
+	rec, err := r.loadRecord(ctx, key)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	sec, err := r.loadSecret(ctx, key, rec, v)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if rec, err = r.ensureRecord(ctx, key, rec, sec, v); err != nil {
+		return ctrl.Result{}, err
+	}
+	if key.Spec.Archived {
+		return ctrl.Result{}, r.archive(ctx, key, rec, sec, v)
+	}
+	return r.expire(key, v), nil
+}
+
+// verdict is what a reconcile concluded; patchStatus turns it into status.
+type verdict struct {
+	record *kw.ApiKeyRecord
+	// conflict: the Secret the ApiKey names is not keyward's to write.
+	conflict bool
+	state   kw.KeyState
+	reason  string
+	message string
+}
+
+func (v *verdict) set(state kw.KeyState, reason, format string, args ...any) {
+	v.state, v.reason, v.message = state, reason, fmt.Sprintf(format, args...)
+}
+
+// ensureFinalizer makes sure a deleted ApiKey is revoked before it is gone.
+func (r *ApiKeyReconciler) ensureFinalizer(ctx context.Context, key *kw.ApiKey) error {
+	if controllerutil.ContainsFinalizer(key, kw.Finalizer) {
+		return nil
+	}
+	patch := client.MergeFromWithOptions(key.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	controllerutil.AddFinalizer(key, kw.Finalizer)
+	if err := r.Patch(ctx, key, patch, client.FieldOwner(FieldOwner)); err != nil {
+		return fmt.Errorf("add finalizer to %s/%s: %w", key.Namespace, key.Name, err)
+	}
+	return nil
+}
+
+// revokeDeleted revokes a deleted ApiKey at once: garbage collection would
+// remove its record and Secret too, but later, and not at all where no
+// garbage collector runs.
+func (r *ApiKeyReconciler) revokeDeleted(ctx context.Context, key *kw.ApiKey) error {
+	if !controllerutil.ContainsFinalizer(key, kw.Finalizer) {
+		return nil
+	}
+	rec := &kw.ApiKeyRecord{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
+	if err := r.Delete(ctx, rec); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("revoke deleted key %s/%s: %w", key.Namespace, key.Name, err)
+	}
+	sec := &corev1.Secret{}
+	err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.EffectiveSecretName()}, sec)
+	if err == nil && r.ownsSecret(key, sec) {
+		if err := r.Delete(ctx, sec, client.Preconditions{UID: &sec.UID}); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("delete Secret of deleted key %s/%s: %w", key.Namespace, key.Name, err)
+		}
+	} else if client.IgnoreNotFound(err) != nil {
+		return err
+	}
+	patch := client.MergeFromWithOptions(key.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	controllerutil.RemoveFinalizer(key, kw.Finalizer)
+	if err := r.Patch(ctx, key, patch, client.FieldOwner(FieldOwner)); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("remove finalizer from %s/%s: %w", key.Namespace, key.Name, err)
+	}
+	log.FromContext(ctx).Info("revoked deleted key", "keyId", key.Status.KeyID)
+	return nil
+}
+
+// SetupWithManager registers the reconciler and what wakes it.
+func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Clock == nil {
+		r.Clock = clock.RealClock{}
+	}
+	err := mgr.GetFieldIndexer().IndexField(context.Background(), &kw.ApiKey{}, secretNameIndex,
+		func(o client.Object) []string { return []string{o.(*kw.ApiKey).EffectiveSecretName()} })
+	if err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&kw.ApiKey{}).
+		Owns(&kw.ApiKeyRecord{}).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.apiKeysForSecret)).
+		Named("apikey").
+		Complete(r)
+}
+
+// apiKeysForSecret wakes the ApiKey a Secret is labelled for and every
+// ApiKey that names it.
+func (r *ApiKeyReconciler) apiKeysForSecret(ctx context.Context, o client.Object) []ctrl.Request {
+	var reqs []ctrl.Request
+	if name := o.GetLabels()[kw.LabelApiKey]; name != "" {
+		reqs = append(reqs, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}})
+	}
+	var list kw.ApiKeyList
+	if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace()),
+		client.MatchingFields{secretNameIndex: o.GetName()}); err != nil {
+		log.FromContext(ctx).Error(err, "list ApiKeys naming a Secret", "secret", o.GetName())
+		return reqs
+	}
+	for i := range list.Items {
+		reqs = append(reqs, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	}
+	return reqs
+}
+
+// expire marks a key Expired once spec.expiresAt has passed, and otherwise
+// asks to be woken at that moment.
+func (r *ApiKeyReconciler) expire(key *kw.ApiKey, v *verdict) ctrl.Result {
+	if key.Spec.ExpiresAt == nil {
+		return ctrl.Result{}
+	}
+	left := key.Spec.ExpiresAt.Sub(r.Clock.Now())
+	if left > 0 {
+		return ctrl.Result{RequeueAfter: left}
+	}
+	if v.record != nil && v.state == kw.StateActive {
+		v.set(kw.StateExpired, kw.ReasonExpired,
+			"the key expired at %s; raise spec.expiresAt to extend it, or archive it", key.Spec.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	return ctrl.Result{}
+}
+
+// patchStatus writes the status the verdict implies, and nothing when it is
+// unchanged, so a steady ApiKey is never rewritten.
+func (r *ApiKeyReconciler) patchStatus(ctx context.Context, before, key *kw.ApiKey, v *verdict) error {
+	st := &key.Status
+	st.SecretName = key.EffectiveSecretName()
+	st.Endpoint = r.Endpoint
+	st.Scopes = joinScopes(key.Spec.Scopes)
+	st.ObservedGeneration = key.Generation
+	if cur := currentKey(v.record); cur != nil {
+		st.KeyID = cur.KeyID
+		st.IssuedAt = cur.IssuedAt.DeepCopy()
+	}
+	if v.record != nil && v.record.Spec.RevokedAt != nil {
+		st.ArchivedAt = v.record.Spec.RevokedAt.DeepCopy()
+	}
+	if v.state == "" {
+		v.set(kw.StatePending, "Issuing", "the key is being issued")
+	}
+	r.announce(key, before, v)
+	st.State = v.state
+	status := metav1.ConditionFalse
+	if v.reason == kw.ReasonIssued {
+		status = metav1.ConditionTrue
+	}
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{
+		Type: kw.ConditionReady, Status: status, Reason: v.reason, Message: v.message,
+		ObservedGeneration: key.Generation,
+	})
+	if equality.Semantic.DeepEqual(before.Status, key.Status) {
+		return nil
+	}
+	err := r.Status().Patch(ctx, key, client.MergeFrom(before), client.FieldOwner(FieldOwner))
+	if client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("patch status of %s/%s: %w", key.Namespace, key.Name, err)
+	}
+	return nil
+}
+
+// announce records an Event when the key enters a state its owners should
+// hear of. Issue and archive announce themselves where they happen.
+func (r *ApiKeyReconciler) announce(key, before *kw.ApiKey, v *verdict) {
+	old := meta.FindStatusCondition(before.Status.Conditions, kw.ConditionReady)
+	if old != nil && old.Reason == v.reason {
+		return
+	}
+	switch v.reason {
+	case kw.ReasonExpired:
+		r.Recorder.Eventf(key, nil, corev1.EventTypeNormal, v.reason, "Expire", "key %s expired", key.Status.KeyID)
+	case kw.ReasonSecretConflict, kw.ReasonSecretMissing:
+		r.Recorder.Eventf(key, nil, corev1.EventTypeWarning, v.reason, "Deliver", "%s", v.message)
+	}
+}
+
+func currentKey(rec *kw.ApiKeyRecord) *kw.RecordedKey {
+	if rec == nil {
+		return nil
+	}
+	return rec.Current()
+}
+
+func joinScopes(scopes []kw.Scope) string {
+	s := make([]string, len(scopes))
+	for i, sc := range scopes {
+		s[i] = string(sc)
+	}
+	return strings.Join(s, ",")
+}
+
+func (r *ApiKeyReconciler) crash(point string) bool {
+	return r.CrashAt != nil && r.CrashAt(point)
+}
+
+func isConflictOrGone(err error) bool {
+	return apierrors.IsConflict(err) || apierrors.IsNotFound(err) || apierrors.IsAlreadyExists(err)
+}

@@ -1,0 +1,277 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/internal/keys"
+)
+
+// SecretType is the type of the Secrets keyward writes.
+const SecretType corev1.SecretType = "keyward.dev/api-key"
+
+// loadRecord reads the ApiKey's record and adopts it if a restore stripped
+// its owner reference. The record has the ApiKey's name, and only the
+// controller writes records, so the name is what binds them.
+func (r *ApiKeyReconciler) loadRecord(ctx context.Context, key *kw.ApiKey) (*kw.ApiKeyRecord, error) {
+	rec := &kw.ApiKeyRecord{}
+	err := r.Get(ctx, client.ObjectKeyFromObject(key), rec)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read record of %s/%s: %w", key.Namespace, key.Name, err)
+	}
+	if err := r.adopt(ctx, key, rec); err != nil {
+		return nil, fmt.Errorf("adopt record of %s/%s: %w", key.Namespace, key.Name, err)
+	}
+	return rec, nil
+}
+
+// loadSecret reads the Secret the ApiKey names. It returns nil when there is
+// none, and also when the Secret is not keyward's to touch; then the verdict
+// says SecretConflict and v.conflict is set.
+func (r *ApiKeyReconciler) loadSecret(ctx context.Context, key *kw.ApiKey, rec *kw.ApiKeyRecord, v *verdict) (*corev1.Secret, error) {
+	name := types.NamespacedName{Namespace: key.Namespace, Name: key.EffectiveSecretName()}
+	sec := &corev1.Secret{}
+	err := r.Get(ctx, name, sec)
+	if apierrors.IsNotFound(err) {
+		// The cache holds only keyward's Secrets: ask the API server whether
+		// a foreign one stands there, or ours is too new for the cache.
+		err = r.APIReader.Get(ctx, name, sec)
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read Secret %s: %w", name, err)
+	}
+	if why := r.foreign(key, rec, sec); why != "" {
+		v.conflict = true
+		v.set(kw.StateFailed, kw.ReasonSecretConflict, "Secret %s %s; keyward never overwrites it. "+
+			"Delete or rename that Secret, or create a new ApiKey with another spec.secretName", name.Name, why)
+		return nil, nil
+	}
+	if err := r.adopt(ctx, key, sec); err != nil {
+		return nil, fmt.Errorf("adopt Secret %s: %w", name, err)
+	}
+	return sec, nil
+}
+
+// foreign says why a Secret is not the ApiKey's, or "" when it is: keyward
+// wrote it for this ApiKey (its labels say so), no one else controls it, and
+// it holds a key of this ApiKey's record (checked when there is a record:
+// after a restore the labels alone are not enough).
+func (r *ApiKeyReconciler) foreign(key *kw.ApiKey, rec *kw.ApiKeyRecord, sec *corev1.Secret) string {
+	if sec.Labels[kw.LabelManagedBy] != kw.ManagedByValue {
+		return "was not created by keyward"
+	}
+	if owner := sec.Labels[kw.LabelApiKey]; owner != key.Name {
+		return fmt.Sprintf("holds the key of ApiKey %q", owner)
+	}
+	if ref := metav1.GetControllerOf(sec); ref != nil && ref.UID != key.UID &&
+		(ref.Kind != "ApiKey" || ref.Name != key.Name) {
+		return fmt.Sprintf("is controlled by %s %q", ref.Kind, ref.Name)
+	}
+	if rec == nil {
+		return ""
+	}
+	id := sec.Annotations[kw.AnnotationKeyID]
+	for _, k := range rec.Spec.Keys {
+		if k.KeyID == id {
+			return ""
+		}
+	}
+	return fmt.Sprintf("holds key %q, which is not one of this ApiKey's keys", id)
+}
+
+// ownsSecret reports whether keyward may delete the Secret for this ApiKey.
+func (r *ApiKeyReconciler) ownsSecret(key *kw.ApiKey, sec *corev1.Secret) bool {
+	ref := metav1.GetControllerOf(sec)
+	return sec.Labels[kw.LabelManagedBy] == kw.ManagedByValue && sec.Labels[kw.LabelApiKey] == key.Name &&
+		(ref == nil || ref.UID == key.UID || (ref.Kind == "ApiKey" && ref.Name == key.Name))
+}
+
+// adopt makes the ApiKey the controller of obj, replacing a reference to an
+// earlier ApiKey of the same name (a restore gives the ApiKey a new UID and
+// strips owner references).
+func (r *ApiKeyReconciler) adopt(ctx context.Context, key *kw.ApiKey, obj client.Object) error {
+	if ref := metav1.GetControllerOf(obj); ref != nil && ref.UID == key.UID {
+		return nil
+	}
+	patch := client.MergeFromWithOptions(obj.DeepCopyObject().(client.Object), client.MergeFromWithOptimisticLock{})
+	var refs []metav1.OwnerReference
+	for _, ref := range obj.GetOwnerReferences() {
+		if ref.Kind != "ApiKey" || ref.APIVersion != kw.GroupVersion.String() {
+			refs = append(refs, ref)
+		}
+	}
+	obj.SetOwnerReferences(refs)
+	if err := controllerutil.SetControllerReference(key, obj, r.Scheme()); err != nil {
+		return err
+	}
+	if err := r.Patch(ctx, obj, patch, client.FieldOwner(FieldOwner)); err != nil {
+		return err
+	}
+	log.FromContext(ctx).Info("adopted", "kind", fmt.Sprintf("%T", obj), "name", obj.GetName())
+	return nil
+}
+
+// ensureRecord makes sure the ApiKey has a record: it keeps the one it has,
+// rebuilds a lost one from the Secret, or issues a first key. It never
+// issues a key when one was issued before.
+func (r *ApiKeyReconciler) ensureRecord(ctx context.Context, key *kw.ApiKey, rec *kw.ApiKeyRecord, sec *corev1.Secret, v *verdict) (*kw.ApiKeyRecord, error) {
+	switch {
+	case rec != nil:
+		v.record = rec
+		switch {
+		case v.conflict:
+			v.state = kw.StateActive
+		case sec == nil:
+			v.set(kw.StateActive, kw.ReasonSecretMissing, "the Secret %s that held key %s is gone; the key still works "+
+				"for clients that have it, and keyward does not issue a new key by itself: archive this ApiKey and "+
+				"create a new one to get a new key", key.EffectiveSecretName(), rec.Current().KeyID)
+		default:
+			v.set(kw.StateActive, kw.ReasonIssued, "key %s is in Secret %s", rec.Current().KeyID, sec.Name)
+		}
+		return rec, nil
+	case v.conflict, key.Spec.Archived:
+		return nil, nil
+	case sec != nil:
+		return r.recordFromSecret(ctx, key, sec, v)
+	default:
+		return r.issue(ctx, key, v)
+	}
+}
+
+// issue issues the ApiKey's first key. The Secret is written before the
+// record: should the process die between the two, the next reconcile
+// rebuilds the record from the Secret instead of losing the plaintext.
+func (r *ApiKeyReconciler) issue(ctx context.Context, key *kw.ApiKey, v *verdict) (*kw.ApiKeyRecord, error) {
+	// The cache may not have seen a record written moments ago: ask the API
+	// server before drawing a new key.
+	live := &kw.ApiKeyRecord{}
+	switch err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(key), live); {
+	case err == nil:
+		return nil, fmt.Errorf("record of %s/%s exists but is not in the cache yet", key.Namespace, key.Name)
+	case !apierrors.IsNotFound(err):
+		return nil, fmt.Errorf("read record of %s/%s: %w", key.Namespace, key.Name, err)
+	}
+	k, err := keys.Generate()
+	if err != nil {
+		return nil, fmt.Errorf("issue key for %s/%s: %w", key.Namespace, key.Name, err)
+	}
+	sec := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace:   key.Namespace,
+			Name:        key.EffectiveSecretName(),
+			Labels:      map[string]string{kw.LabelManagedBy: kw.ManagedByValue, kw.LabelApiKey: key.Name},
+			Annotations: map[string]string{kw.AnnotationKeyID: k.ID},
+		},
+		Type: SecretType,
+		Data: map[string][]byte{
+			kw.SecretKeyToken:    []byte(k.Token()),
+			kw.SecretKeyKeyID:    []byte(k.ID),
+			kw.SecretKeySecret:   []byte(k.Secret),
+			kw.SecretKeyEndpoint: []byte(r.Endpoint),
+		},
+	}
+	if err := controllerutil.SetControllerReference(key, sec, r.Scheme()); err != nil {
+		return nil, err
+	}
+	if err := r.Create(ctx, sec, client.FieldOwner(FieldOwner)); err != nil {
+		// AlreadyExists: someone was quicker; the next reconcile sorts out whose.
+		return nil, fmt.Errorf("write Secret %s/%s for key %s: %w", sec.Namespace, sec.Name, k.ID, err)
+	}
+	if r.crash(PointSecretWritten) {
+		return nil, errCrashed
+	}
+	rec, err := r.createRecord(ctx, key, k.ID, k.Digest(), metav1.Now())
+	if err != nil {
+		return nil, err
+	}
+	if r.crash(PointRecordWritten) {
+		return nil, errCrashed
+	}
+	log.FromContext(ctx).Info("issued key", "keyId", k.ID, "secret", sec.Name)
+	r.Recorder.Eventf(key, nil, corev1.EventTypeNormal, kw.ReasonIssued, "Issue", "issued key %s into Secret %s", k.ID, sec.Name)
+	v.record = rec
+	v.set(kw.StateActive, kw.ReasonIssued, "key %s is in Secret %s", k.ID, sec.Name)
+	return rec, nil
+}
+
+// recordFromSecret rebuilds a record from the Secret keyward wrote: the
+// process died between the two writes, or a restore brought the Secret back
+// without its record.
+func (r *ApiKeyReconciler) recordFromSecret(ctx context.Context, key *kw.ApiKey, sec *corev1.Secret, v *verdict) (*kw.ApiKeyRecord, error) {
+	id, secret, err := keys.Parse(string(sec.Data[kw.SecretKeyToken]))
+	if err != nil || id != sec.Annotations[kw.AnnotationKeyID] {
+		v.conflict = true
+		v.set(kw.StateFailed, kw.ReasonSecretConflict, "Secret %s is labelled as keyward's but holds no valid token "+
+			"for its key-id annotation; delete it and keyward issues a new key", sec.Name)
+		return nil, nil
+	}
+	rec, err := r.createRecord(ctx, key, id, keys.Digest(secret), sec.CreationTimestamp)
+	if err != nil {
+		return nil, err
+	}
+	log.FromContext(ctx).Info("recorded key from its Secret", "keyId", id, "secret", sec.Name)
+	v.record = rec
+	v.set(kw.StateActive, kw.ReasonIssued, "key %s is in Secret %s", id, sec.Name)
+	return rec, nil
+}
+
+func (r *ApiKeyReconciler) createRecord(ctx context.Context, key *kw.ApiKey, id, digest string, issuedAt metav1.Time) (*kw.ApiKeyRecord, error) {
+	rec := &kw.ApiKeyRecord{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: key.Namespace,
+			Name:      key.Name,
+			Labels:    map[string]string{kw.LabelManagedBy: kw.ManagedByValue, kw.LabelApiKey: key.Name},
+		},
+		Spec: kw.ApiKeyRecordSpec{Keys: []kw.RecordedKey{{KeyID: id, Digest: digest, IssuedAt: issuedAt}}},
+	}
+	if err := controllerutil.SetControllerReference(key, rec, r.Scheme()); err != nil {
+		return nil, err
+	}
+	if err := r.Create(ctx, rec, client.FieldOwner(FieldOwner)); err != nil {
+		return nil, fmt.Errorf("record key %s of %s/%s: %w", id, key.Namespace, key.Name, err)
+	}
+	return rec, nil
+}
+
+// archive revokes every key of an archived ApiKey and deletes the plaintext.
+// The record stays, revoked, for audit.
+func (r *ApiKeyReconciler) archive(ctx context.Context, key *kw.ApiKey, rec *kw.ApiKeyRecord, sec *corev1.Secret, v *verdict) error {
+	if rec != nil && !rec.Spec.Revoked {
+		patch := client.MergeFrom(rec.DeepCopy())
+		now := metav1.NewTime(r.Clock.Now())
+		rec.Spec.Revoked, rec.Spec.RevokedAt = true, &now
+		if err := r.Patch(ctx, rec, patch, client.FieldOwner(FieldOwner)); err != nil {
+			return fmt.Errorf("revoke record of %s/%s: %w", key.Namespace, key.Name, err)
+		}
+		log.FromContext(ctx).Info("archived key", "keyId", rec.Current().KeyID)
+		r.Recorder.Eventf(key, nil, corev1.EventTypeNormal, kw.ReasonArchived, "Archive",
+			"archived key %s; it no longer verifies", rec.Current().KeyID)
+	}
+	if sec != nil {
+		err := r.Delete(ctx, sec, client.Preconditions{UID: &sec.UID})
+		if client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("delete Secret %s/%s of archived key: %w", sec.Namespace, sec.Name, err)
+		}
+	}
+	if !v.conflict {
+		v.set(kw.StateArchived, kw.ReasonArchived, "the key was archived and no longer verifies; the ApiKey stays for audit")
+	} else {
+		v.state = kw.StateArchived
+	}
+	return nil
+}
