@@ -1,0 +1,170 @@
+package v1alpha1_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/internal/testenv"
+)
+
+var c client.Client
+
+func TestMain(m *testing.M) {
+	env, cfg, err := testenv.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	s := runtime.NewScheme()
+	_ = kw.AddToScheme(s)
+	c, err = client.New(cfg, client.Options{Scheme: s})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = env.Stop()
+	os.Exit(code)
+}
+
+func apply(t *testing.T, manifest string) error {
+	t.Helper()
+	u := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal([]byte(manifest), &u.Object); err != nil {
+		t.Fatalf("bad test manifest: %v", err)
+	}
+	u.SetNamespace("default")
+	return c.Create(context.Background(), u)
+}
+
+const header = "apiVersion: keyward.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: %s}\n"
+
+func TestApiServerRefusesBadManifests(t *testing.T) {
+	for _, tc := range []struct {
+		name, spec, message string
+	}{
+		{"no scopes", "spec: {displayName: x}", "spec.scopes: Required value"},
+		{"empty scopes", "spec: {scopes: []}", "spec.scopes: Invalid value: 0: spec.scopes in body should have at least 1 items"},
+		{"upper-case scope", "spec: {scopes: [Occupancy:Read]}", "a scope is lowercase words"},
+		{"space in scope", "spec: {scopes: ['occupancy read']}", "a scope is lowercase words"},
+		{"empty segment", "spec: {scopes: ['occupancy::read']}", "a scope is lowercase words"},
+		{"trailing colon", "spec: {scopes: ['occupancy:']}", "a scope is lowercase words"},
+		{"partial wildcard", "spec: {scopes: ['dev*:read']}", "a scope is lowercase words"},
+		{"empty scope", "spec: {scopes: ['']}", "spec.scopes[0]: Invalid value"},
+		{"duplicate scope", "spec: {scopes: [a:read, a:read]}", "spec.scopes[1]: Duplicate value"},
+		{"expiresAt not a time", "spec: {scopes: [a], expiresAt: tomorrow}", "spec.expiresAt"},
+		{"bad secretName", "spec: {scopes: [a], secretName: My_Secret}", "spec.secretName: Invalid value"},
+		{"unknown state", "spec: {scopes: [a]}\nstatus: {state: Happy}", ""}, // status is ignored on create
+		{"displayName too long", "spec: {scopes: [a], displayName: " + strings.Repeat("x", 129) + "}", "spec.displayName: Too long"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := "bad-" + strings.ReplaceAll(tc.name, " ", "-")
+			err := apply(t, fmt.Sprintf(header, name)+tc.spec)
+			if tc.message == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("the API server accepted it; want a refusal saying %q", tc.message)
+			}
+			if !strings.Contains(err.Error(), tc.message) {
+				t.Fatalf("refusal %q does not say %q", err, tc.message)
+			}
+		})
+	}
+}
+
+func TestApiServerAcceptsGoodScopes(t *testing.T) {
+	for i, scope := range []string{"*", "*:write", "devices:*", "occupancy:read", "agents:activate", "a", "v1.devices:read-all", "x_y:z"} {
+		if err := apply(t, fmt.Sprintf(header, fmt.Sprintf("good-%d", i))+"spec: {scopes: ['"+scope+"']}"); err != nil {
+			t.Errorf("scope %q refused: %v", scope, err)
+		}
+	}
+}
+
+func TestApiServerRefusesBadUpdates(t *testing.T) {
+	ctx := context.Background()
+	key := &kw.ApiKey{
+		ObjectMeta: metav1.ObjectMeta{Name: "updates", Namespace: "default"},
+		Spec:       kw.ApiKeySpec{Scopes: []kw.Scope{"a:read"}, SecretName: "updates-key"},
+	}
+	if err := c.Create(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	named := &kw.ApiKey{
+		ObjectMeta: metav1.ObjectMeta{Name: "unnamed", Namespace: "default"},
+		Spec:       kw.ApiKeySpec{Scopes: []kw.Scope{"a:read"}},
+	}
+	if err := c.Create(ctx, named); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		obj     *kw.ApiKey
+		change  func(*kw.ApiKey)
+		message string
+	}{
+		{"change secretName", key, func(k *kw.ApiKey) { k.Spec.SecretName = "other" }, "spec.secretName cannot change once set"},
+		{"drop secretName", key, func(k *kw.ApiKey) { k.Spec.SecretName = "" }, "spec.secretName cannot change once set"},
+		{"set secretName later", named, func(k *kw.ApiKey) { k.Spec.SecretName = "late" }, "spec.secretName cannot change once set"},
+		{"remove all scopes", key, func(k *kw.ApiKey) { k.Spec.Scopes = nil }, "spec.scopes: Required value"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			obj := tc.obj.DeepCopy()
+			if err := c.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+				t.Fatal(err)
+			}
+			tc.change(obj)
+			err := c.Update(ctx, obj)
+			if err == nil || !strings.Contains(err.Error(), tc.message) {
+				t.Fatalf("update gave %v; want a refusal saying %q", err, tc.message)
+			}
+		})
+	}
+
+	t.Run("un-archive", func(t *testing.T) {
+		obj := key.DeepCopy()
+		if err := c.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+			t.Fatal(err)
+		}
+		obj.Spec.Archived = true
+		if err := c.Update(ctx, obj); err != nil {
+			t.Fatalf("archiving refused: %v", err)
+		}
+		obj.Spec.Archived = false // omitempty: the field disappears, which must not slip through
+		err := c.Update(ctx, obj)
+		const want = "archival is one-way: spec.archived cannot go back to false"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("un-archiving gave %v; want a refusal saying %q", err, want)
+		}
+		patch := []byte(`{"spec":{"archived":false}}`)
+		err = c.Patch(ctx, obj, client.RawPatch("application/merge-patch+json", patch))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("un-archiving by patch gave %v; want a refusal saying %q", err, want)
+		}
+	})
+}
+
+func TestLongNameNeedsSecretName(t *testing.T) {
+	name := strings.Repeat("n", 247)
+	err := apply(t, fmt.Sprintf(header, name)+"spec: {scopes: [a]}")
+	const want = "set spec.secretName"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("got %v; want a refusal saying %q", err, want)
+	}
+	if err := apply(t, fmt.Sprintf(header, name)+"spec: {scopes: [a], secretName: long-key}"); err != nil {
+		t.Fatalf("with spec.secretName: %v", err)
+	}
+}
