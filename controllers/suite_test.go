@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	kw "keyward.dev/keyward/api/v1alpha1"
@@ -29,7 +30,8 @@ import (
 )
 
 var (
-	cfg *rest.Config
+	testEnv *envtest.Environment
+	cfg     *rest.Config
 	k8s client.Client
 
 	// logs captures every line any manager of the test run logs, at the
@@ -59,6 +61,7 @@ func (b *lockedBuffer) String() string {
 func TestMain(m *testing.M) {
 	ctrl.SetLogger(captureLogger())
 	env, c, err := testenv.Start()
+	testEnv = env
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -153,6 +156,11 @@ func withCrashAt(f func(string) bool) option { return func(r *ApiKeyReconciler) 
 // startManager starts a controller that watches only ns, so tests run side
 // by side against one API server.
 func startManager(t testing.TB, ns string, opts ...option) *manager {
+	t.Helper()
+	return startManagerWithConfig(t, cfg, ns, opts...)
+}
+
+func startManagerWithConfig(t testing.TB, cfg *rest.Config, ns string, opts ...option) *manager {
 	t.Helper()
 	co := CacheOptions()
 	co.DefaultNamespaces = map[string]cache.Config{ns: {}}
@@ -329,4 +337,17 @@ func listEvents(t testing.TB, ns string) []eventsv1.Event {
 		t.Fatal(err)
 	}
 	return list.Items
+}
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+// countLines counts the log lines that mention both a and b.
+func countLines(text, a, b string) int {
+	n := 0
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, a) && strings.Contains(l, b) {
+			n++
+		}
+	}
+	return n
 }

@@ -1,0 +1,109 @@
+// Command keyward issues, checks and revokes API keys on Kubernetes.
+//
+//	keyward controller   reconcile ApiKeys (issue, record, deliver, revoke)
+//	keyward dev          everything on a local control plane, for trying it out
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/client-go/rest"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client/config"
+
+	"keyward.dev/keyward/internal/app"
+	"keyward.dev/keyward/internal/logging"
+)
+
+const usage = `keyward issues, checks and revokes API keys on Kubernetes.
+
+Usage:
+  keyward controller [flags]   reconcile ApiKeys: issue, record, deliver, revoke
+  keyward dev [flags]          run everything on a local control plane
+
+Run 'keyward <mode> -h' for the flags of a mode.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch mode, args := os.Args[1], os.Args[2:]; mode {
+	case "controller":
+		err = controller(ctx, args)
+	case "dev":
+		err = dev(ctx, args)
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "keyward: unknown mode %q\n\n%s", mode, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "keyward:", err)
+		os.Exit(1)
+	}
+}
+
+func verbosityFlag(fs *flag.FlagSet) *int {
+	return fs.Int("v", 0, fmt.Sprintf("log verbosity, 0 to %d (higher would log request bodies, so it is capped)", logging.MaxVerbosity))
+}
+
+func controller(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("keyward controller", flag.ExitOnError)
+	var o app.ControllerOptions
+	fs.StringVar(&o.EndpointURL, "endpoint-url", "", "gateway URL that keys are used against; written into each key's Secret and status (required)")
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", "address of /metrics; 0 turns it off")
+	fs.StringVar(&o.HealthAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "elect one active controller among replicas")
+	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader lease (default: the pod's)")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster, or $KUBECONFIG)")
+	v := verbosityFlag(fs)
+	_ = fs.Parse(args)
+	if o.EndpointURL == "" {
+		return fmt.Errorf("--endpoint-url is required: the gateway URL clients send their keys to")
+	}
+	o.Logger = logging.New(os.Stderr, *v)
+	ctrl.SetLogger(o.Logger)
+	cfg, err := restConfig(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	return app.RunController(ctx, cfg, o)
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		os.Setenv("KUBECONFIG", kubeconfig)
+	}
+	cfg, err := config.GetConfig()
+	if err != nil {
+		return nil, fmt.Errorf("find the cluster: %w", err)
+	}
+	return cfg, nil
+}
+
+func dev(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("keyward dev", flag.ExitOnError)
+	o := app.DevOptions{Out: os.Stdout}
+	fs.StringVar(&o.Assets, "assets", "bin/controlplane", "folder with etcd, kube-apiserver and kube-controller-manager (make controlplane)")
+	fs.StringVar(&o.Dir, "dir", "bin/dev", "folder for the kubeconfig, the logs and the lock")
+	fs.StringVar(&o.Config, "config", "config", "keyward's config/ tree (CRDs, samples)")
+	v := verbosityFlag(fs)
+	_ = fs.Parse(args)
+	o.Verbosity = *v
+	ctrl.SetLogger(logging.New(io.Discard, 0))
+	return app.RunDev(ctx, o)
+}

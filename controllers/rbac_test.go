@@ -1,0 +1,68 @@
+package controllers
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/internal/testenv"
+)
+
+// TestControllerWorksWithItsGeneratedRole runs the controller as a user
+// that holds only the ClusterRole generated from the RBAC markers: issue,
+// archive and delete must all work with it.
+func TestControllerWorksWithItsGeneratedRole(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(filepath.Join(testenv.Root(), "config", "rbac", "role.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytesReader(data), 4096)
+	role := &rbacv1.ClusterRole{}
+	if err := dec.Decode(role); err != nil || role.Name != "keyward-controller" {
+		t.Fatalf("first document of role.yaml: %v %q", err, role.Name)
+	}
+	role.Name = "keyward-controller-under-test"
+	ctx := context.Background()
+	create(t, role, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "keyward-under-test"}},
+	})
+	user, err := testEnv.AddUser(envtest.User{Name: "keyward-under-test"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := namespace(t)
+	startManagerWithConfig(t, user.Config(), ns)
+	create(t, newKey(ns, "least"))
+	key := waitReason(t, ns, "least", kw.ReasonIssued)
+	verifies(t, get(t, ns, "least", &kw.ApiKeyRecord{}), get(t, ns, "least-apikey", &corev1.Secret{}))
+	patch := client.MergeFrom(key.DeepCopy())
+	key.Spec.Archived = true
+	if err := k8s.Patch(ctx, key, patch); err != nil {
+		t.Fatal(err)
+	}
+	waitReason(t, ns, "least", kw.ReasonArchived)
+	if err := k8s.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5e9, "the ApiKey to be gone", func() (bool, string) {
+		err := k8s.Get(ctx, client.ObjectKeyFromObject(key), &kw.ApiKey{})
+		return client.IgnoreNotFound(err) == nil && err != nil, "still there"
+	})
+	for _, l := range []string{"forbidden", "Forbidden"} {
+		if n := countLines(logs.String(), ns, l); n > 0 {
+			t.Errorf("%d log lines of this namespace say %s", n, l)
+		}
+	}
+}

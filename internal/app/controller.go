@@ -1,0 +1,73 @@
+// Package app wires keyward's modes: the controller, the auth endpoint and
+// dev (everything on a local control plane).
+package app
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"fmt"
+
+	"github.com/go-logr/logr"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"keyward.dev/keyward/controllers"
+)
+
+// ControllerOptions configure the controller mode.
+type ControllerOptions struct {
+	// EndpointURL is the gateway URL written into Secrets and status.
+	EndpointURL string
+	// MetricsAddr and HealthAddr are where /metrics and /healthz, /readyz
+	// listen ("0" turns one off).
+	MetricsAddr, HealthAddr string
+	// LeaderElect makes replicas elect one active controller.
+	LeaderElect bool
+	// LeaderElectionNamespace holds the lease (default: the pod's namespace).
+	LeaderElectionNamespace string
+	Logger                  logr.Logger
+}
+
+// RunController runs the ApiKey controller until ctx is done.
+func RunController(ctx context.Context, cfg *rest.Config, o ControllerOptions) error {
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                  controllers.NewScheme(),
+		Cache:                   controllers.CacheOptions(),
+		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr},
+		HealthProbeBindAddress:  o.HealthAddr,
+		LeaderElection:          o.LeaderElect,
+		LeaderElectionID:        "keyward-controller.keyward.dev",
+		LeaderElectionNamespace: o.LeaderElectionNamespace,
+		// The lease is handed over at once on a clean shutdown.
+		LeaderElectionReleaseOnCancel: true,
+		Logger:                        o.Logger,
+	})
+	if err != nil {
+		return fmt.Errorf("set up controller: %w", err)
+	}
+	r := &controllers.ApiKeyReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("keyward-controller"),
+		Endpoint:  o.EndpointURL,
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up ApiKey controller: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	// Ready once the caches have synced.
+	if err := mgr.AddReadyzCheck("cache", func(req *http.Request) error {
+		if !mgr.GetCache().WaitForCacheSync(req.Context()) {
+			return errors.New("cache not synced")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	return mgr.Start(ctx)
+}

@@ -1,0 +1,276 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/controllers"
+	"keyward.dev/keyward/internal/logging"
+)
+
+// DevOptions configure `keyward dev`.
+type DevOptions struct {
+	// Assets holds etcd, kube-apiserver and kube-controller-manager.
+	Assets string
+	// Dir receives the kubeconfig, the logs and the lock.
+	Dir string
+	// Config is the repository's config/ tree (CRDs, samples).
+	Config string
+	// Verbosity of keyward's log (written to Dir/keyward.log).
+	Verbosity int
+	// Out receives what a person reads.
+	Out io.Writer
+}
+
+// Default local addresses (DESIGN.md).
+const (
+	DevAuthAddr    = "127.0.0.1:8180"
+	DevGRPCAddr    = "127.0.0.1:8181"
+	DevMetricsAddr = "127.0.0.1:8080"
+	DevHealthAddr  = "127.0.0.1:8081"
+)
+
+// RunDev starts a local control plane, keyward on it and the samples, and
+// runs until ctx is done; then it stops everything it started.
+func RunDev(ctx context.Context, o DevOptions) (err error) {
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return err
+	}
+	unlock, err := lock(o.Dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	for _, addr := range []string{DevMetricsAddr, DevHealthAddr} {
+		if err := free(addr); err != nil {
+			return err
+		}
+	}
+	logFile, err := os.Create(filepath.Join(o.Dir, "keyward.log"))
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	say := func(format string, args ...any) { fmt.Fprintf(o.Out, ">> "+format+"\n", args...) }
+
+	say("starting etcd and kube-apiserver from %s", o.Assets)
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: o.Assets,
+		CRDDirectoryPaths:     []string{filepath.Join(o.Config, "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	if _, err := env.Start(); err != nil {
+		return fmt.Errorf("start the local control plane: %w", err)
+	}
+	defer func() {
+		say("stopping the local control plane")
+		if serr := env.Stop(); serr != nil && err == nil {
+			err = serr
+		}
+	}()
+	admin, err := env.AddUser(envtest.User{Name: "dev-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fmt.Errorf("create the admin user: %w", err)
+	}
+	kubeconfig := filepath.Join(o.Dir, "kubeconfig")
+	kc, err := admin.KubeConfig()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		return err
+	}
+	say("API server at %s, kubeconfig in %s", admin.Config().Host, kubeconfig)
+
+	stopKCM, err := startKCM(o, kubeconfig)
+	if err != nil {
+		return err
+	}
+	defer stopKCM()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	log := logging.New(logFile, o.Verbosity)
+	done := make(chan error, 1)
+	go func() {
+		done <- RunController(ctx, admin.Config(), ControllerOptions{
+			EndpointURL: "http://" + DevAuthAddr,
+			MetricsAddr: DevMetricsAddr, HealthAddr: DevHealthAddr,
+			Logger: log.WithName("controller"),
+		})
+	}()
+	say("keyward controller running (log: %s)", logFile.Name())
+
+	applied, err := applyDir(ctx, admin.Config(), filepath.Join(o.Config, "samples"))
+	if err != nil {
+		return fmt.Errorf("apply the samples: %w", err)
+	}
+	say("applied %d sample objects from %s", applied, filepath.Join(o.Config, "samples"))
+	fmt.Fprintf(o.Out, devBanner, kubeconfig)
+
+	select {
+	case <-ctx.Done():
+		cancel()
+		return <-done
+	case err := <-done:
+		if err == nil {
+			err = errors.New("the controller stopped")
+		}
+		return err
+	}
+}
+
+const devBanner = `
+keyward is running. In another terminal:
+
+  export KUBECONFIG=%s
+  kubectl get apikeys -A
+  kubectl -n keyward-demo get secret occupancy-reader-apikey -o jsonpath='{.data.token}' | base64 -d; echo
+  kubectl -n keyward-demo patch apikey occupancy-reader --type merge -p '{"spec":{"archived":true}}'
+
+Ctrl-C stops everything.
+`
+
+// lock makes sure one `keyward dev` runs per directory, and says which one
+// does when a second is started.
+func lock(dir string) (func(), error) {
+	path := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		pid, _ := io.ReadAll(f)
+		f.Close()
+		return nil, fmt.Errorf("keyward dev is already running (pid %s) with its kubeconfig in %s; "+
+			"stop it with Ctrl-C in its terminal, or use it as it is", strings.TrimSpace(string(pid)), filepath.Join(dir, "kubeconfig"))
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return func() {
+		_ = f.Truncate(0)
+		f.Close()
+	}, nil
+}
+
+func free(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s is in use, and keyward dev serves there: stop what listens on it (%w)", addr, err)
+	}
+	return l.Close()
+}
+
+// startKCM runs kube-controller-manager's garbage collector and namespace
+// controller, so the local system deletes owned objects and namespaces the
+// way a cluster does.
+func startKCM(o DevOptions, kubeconfig string) (func(), error) {
+	bin := filepath.Join(o.Assets, "kube-controller-manager")
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("no kube-controller-manager in %s: run 'make controlplane'", o.Assets)
+	}
+	logPath := filepath.Join(o.Dir, "kube-controller-manager.log")
+	out, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin,
+		"--kubeconfig="+kubeconfig,
+		"--authentication-kubeconfig="+kubeconfig,
+		"--authorization-kubeconfig="+kubeconfig,
+		"--controllers=garbagecollector,namespace",
+		"--leader-elect=false",
+		"--bind-address=127.0.0.1",
+		"--secure-port=0",
+	)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("start kube-controller-manager: %w", err)
+	}
+	fmt.Fprintf(o.Out, ">> kube-controller-manager running (garbage collector, namespaces; log: %s)\n", logPath)
+	return func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		exited := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(exited) }()
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		out.Close()
+	}, nil
+}
+
+// applyDir server-side applies every YAML document of dir's *.yaml files,
+// in file name order, as `kubectl apply --server-side` would.
+func applyDir(ctx context.Context, cfg *rest.Config, dir string) (int, error) {
+	c, err := client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
+	if err != nil {
+		return 0, err
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return 0, err
+	}
+	sort.Strings(files)
+	n := 0
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return n, err
+		}
+		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+		for {
+			u := &unstructured.Unstructured{}
+			if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				return n, fmt.Errorf("%s: %w", f, err)
+			}
+			if len(u.Object) == 0 {
+				continue
+			}
+			if err := applyWithRetry(ctx, c, u); err != nil {
+				return n, fmt.Errorf("%s: %s %s: %w", f, u.GetKind(), u.GetName(), err)
+			}
+			n++
+		}
+	}
+	return n, nil
+}
+
+func applyWithRetry(ctx context.Context, c client.Client, u *unstructured.Unstructured) error {
+	// A CRD installed moments ago may not be served yet.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := c.Patch(ctx, u, client.Apply, client.FieldOwner("keyward-dev"), client.ForceOwnership) //nolint:staticcheck
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		if u.GroupVersionKind().Group != kw.GroupVersion.Group {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
