@@ -35,10 +35,15 @@ manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from markers.
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code from markers.
 	$(CONTROLLER_GEN) object paths=./api/...
 
-verify-generated: manifests generate ## Fail when committed generated files are stale.
-	@if [ -n "$$(git status --porcelain -- config api)" ]; then \
-		echo "generated files are stale; run 'make manifests generate' and commit:"; \
-		git status --porcelain -- config api; git --no-pager diff -- config api | head -50; exit 1; fi
+GENERATED = config/crd/bases/*.yaml config/rbac/role.yaml api/v1alpha1/zz_generated.deepcopy.go
+
+verify-generated: $(CONTROLLER_GEN) ## Fail when the generated files differ from what the markers generate.
+	@before="$$(sha256sum $(GENERATED))"; \
+	$(MAKE) -s manifests generate >/dev/null; \
+	after="$$(sha256sum $(GENERATED))"; \
+	if [ "$$before" != "$$after" ]; then \
+		echo "generated files were stale and have been regenerated; review and commit them:"; \
+		diff <(echo "$$before") <(echo "$$after"); exit 1; fi
 
 ## --- build, run ----------------------------------------------------------
 build: ## Build bin/keyward.

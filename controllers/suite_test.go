@@ -36,27 +36,10 @@ var (
 
 	// logs captures every line any manager of the test run logs, at the
 	// highest verbosity, so TestMain can check no secret reached a log.
-	logs lockedBuffer
+	logs testenv.Buffer
 	// seen collects every token and secret the tests read from Secrets.
 	seen sync.Map
 )
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func TestMain(m *testing.M) {
 	ctrl.SetLogger(captureLogger())

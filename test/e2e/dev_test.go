@@ -1,0 +1,277 @@
+// Package e2e runs the keyward binary as a person would: `keyward dev` on
+// the local control plane, driven with the real kubectl.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/controllers"
+	"keyward.dev/keyward/internal/testenv"
+)
+
+var root = testenv.Root()
+
+// system is one running `keyward dev`.
+type system struct {
+	cmd        *exec.Cmd
+	dir        string
+	kubeconfig string
+	out        *testenv.Buffer
+	c          client.Client
+	bin        string
+}
+
+func buildKeyward(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "keyward")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/keyward")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build keyward: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func assets(t *testing.T) string {
+	t.Helper()
+	a := filepath.Join(root, "bin", "controlplane")
+	for _, b := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kubectl"} {
+		if _, err := os.Stat(filepath.Join(a, b)); err != nil {
+			t.Fatalf("no %s in %s: run 'make controlplane' (make test does)", b, a)
+		}
+	}
+	return a
+}
+
+// startDev runs `keyward dev` until the test ends, and waits until it says
+// it is running.
+func startDev(t *testing.T, bin string) *system {
+	t.Helper()
+	s := &system{dir: t.TempDir(), out: &testenv.Buffer{}, bin: bin}
+	s.kubeconfig = filepath.Join(s.dir, "kubeconfig")
+	s.cmd = exec.Command(bin, "dev", "--assets", assets(t), "--dir", s.dir, "--config", filepath.Join(root, "config"))
+	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if s.cmd.ProcessState == nil {
+			_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+			_ = s.cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("keyward dev said:\n%s", s.out.String())
+			if log, err := os.ReadFile(filepath.Join(s.dir, "keyward.log")); err == nil {
+				t.Logf("keyward.log (tail):\n%s", tail(string(log), 4000))
+			}
+		}
+	})
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(s.out.String(), "keyward is running") {
+		if time.Now().After(deadline) {
+			t.Fatalf("keyward dev did not come up in 90s:\n%s", s.out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", s.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.c, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// kubectl runs the real kubectl against the system.
+func (s *system) kubectl(t *testing.T, stdin io.Reader, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(assets(t), "kubectl"), args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+s.kubeconfig)
+	cmd.Stdin = stdin
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (s *system) mustKubectl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := s.kubectl(t, nil, args...)
+	if err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// samplesIn returns the samples rewritten into namespace ns.
+func samplesIn(t *testing.T, ns string) string {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(root, "config", "samples", "*.yaml"))
+	dir := t.TempDir()
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data = bytes.ReplaceAll(data, []byte("keyward-demo"), []byte(ns))
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func TestDevTourWithKubectl(t *testing.T) {
+	bin := buildKeyward(t)
+	s := startDev(t, bin)
+	ctx := context.Background()
+
+	t.Run("a second keyward dev says one is running", func(t *testing.T) {
+		cmd := exec.Command(bin, "dev", "--assets", assets(t), "--dir", s.dir, "--config", filepath.Join(root, "config"))
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "keyward dev is already running (pid") {
+			t.Fatalf("second keyward dev: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("kubectl version parses the server version", func(t *testing.T) {
+		out := s.mustKubectl(t, "version")
+		if !strings.Contains(out, "Server Version: v1.37") {
+			t.Fatalf("kubectl version:\n%s", out)
+		}
+	})
+
+	t.Run("the samples applied at start are live", func(t *testing.T) {
+		waitStates(t, s, "keyward-demo", 30*time.Second)
+		out := s.mustKubectl(t, "get", "apikeys", "-n", "keyward-demo")
+		for _, col := range []string{"KEY ID", "SCOPES", "STATE", "CALLS-24H", "LAST USED", "AGE", "occupancy:read", "Archived"} {
+			if !strings.Contains(out, col) {
+				t.Errorf("kubectl get apikeys does not show %q:\n%s", col, out)
+			}
+		}
+	})
+
+	t.Run("kubectl apply of the samples gives Active keys with Secrets within 2s", func(t *testing.T) {
+		dir := samplesIn(t, "e2e-apply")
+		start := time.Now()
+		s.mustKubectl(t, "apply", "-f", dir)
+		applied := time.Since(start)
+		took := waitStates(t, s, "e2e-apply", 10*time.Second)
+		t.Logf("kubectl apply took %s; all keys Active with Secrets %s after it returned", applied, took)
+		if took > 2*time.Second {
+			t.Fatalf("keys became Active %s after kubectl apply; want at most 2s", took)
+		}
+	})
+
+	t.Run("read the token, archive with kubectl patch", func(t *testing.T) {
+		tok := s.mustKubectl(t, "-n", "keyward-demo", "get", "secret", "occupancy-reader-apikey", "-o", "jsonpath={.data.token}")
+		if tok == "" {
+			t.Fatal("no token in the Secret")
+		}
+		s.mustKubectl(t, "-n", "keyward-demo", "patch", "apikey", "occupancy-reader", "--type", "merge", "-p", `{"spec":{"archived":true}}`)
+		eventually(t, 5*time.Second, "occupancy-reader to be Archived without a Secret", func() bool {
+			out, _ := s.kubectl(t, nil, "-n", "keyward-demo", "get", "apikey", "occupancy-reader", "-o", "jsonpath={.status.state}")
+			_, err := s.kubectl(t, nil, "-n", "keyward-demo", "get", "secret", "occupancy-reader-apikey")
+			return out == "Archived" && err != nil
+		})
+		out, err := s.kubectl(t, nil, "-n", "keyward-demo", "patch", "apikey", "occupancy-reader", "--type", "merge", "-p", `{"spec":{"archived":false}}`)
+		if err == nil || !strings.Contains(out, "archival is one-way") {
+			t.Fatalf("un-archiving with kubectl: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("deleting a namespace cleans up (kube-controller-manager runs)", func(t *testing.T) {
+		s.mustKubectl(t, "delete", "namespace", "e2e-apply", "--wait=true", "--timeout=60s")
+	})
+
+	t.Run("Ctrl-C stops everything", func(t *testing.T) {
+		if err := s.cmd.Process.Signal(os.Interrupt); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- s.cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("keyward dev exited with %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("keyward dev did not stop within 30s of Ctrl-C")
+		}
+		out, _ := exec.Command("pgrep", "-f", s.dir).Output()
+		if len(bytes.TrimSpace(out)) > 0 {
+			t.Fatalf("processes left running: %s", out)
+		}
+	})
+	_ = ctx
+}
+
+// waitStates waits until every non-archived ApiKey of ns is Active with its
+// Secret, and every archived one is Archived; it returns how long that took.
+func waitStates(t *testing.T, s *system, ns string, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var state string
+	eventually(t, within, "the keys of "+ns+" to be Active with Secrets", func() bool {
+		var keys kw.ApiKeyList
+		if err := s.c.List(context.Background(), &keys, client.InNamespace(ns)); err != nil || len(keys.Items) < 4 {
+			state = fmt.Sprintf("%d keys, %v", len(keys.Items), err)
+			return false
+		}
+		for _, k := range keys.Items {
+			want := kw.StateActive
+			if k.Spec.Archived {
+				want = kw.StateArchived
+			}
+			if k.Status.State != want {
+				state = k.Name + " is " + string(k.Status.State)
+				return false
+			}
+			if want == kw.StateActive {
+				sec := &corev1.Secret{}
+				if err := s.c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: k.Status.SecretName}, sec); err != nil {
+					state = k.Name + ": " + err.Error()
+					return false
+				}
+			}
+		}
+		return true
+	})
+	_ = state
+	return time.Since(start)
+}
+
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
