@@ -11,8 +11,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -112,9 +112,9 @@ type verdict struct {
 	record *kw.ApiKeyRecord
 	// conflict: the Secret the ApiKey names is not keyward's to write.
 	conflict bool
-	state   kw.KeyState
-	reason  string
-	message string
+	state    kw.KeyState
+	reason   string
+	message  string
 }
 
 func (v *verdict) set(state kw.KeyState, reason, format string, args ...any) {

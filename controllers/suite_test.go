@@ -2,8 +2,8 @@ package controllers
 
 import (
 	"bytes"
-	"encoding/base64"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"strings"
@@ -32,7 +32,7 @@ import (
 var (
 	testEnv *envtest.Environment
 	cfg     *rest.Config
-	k8s client.Client
+	k8s     client.Client
 
 	// logs captures every line any manager of the test run logs, at the
 	// highest verbosity, so TestMain can check no secret reached a log.

@@ -5,8 +5,8 @@ package app
 import (
 	"context"
 	"errors"
-	"net/http"
 	"fmt"
+	"net/http"
 
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
