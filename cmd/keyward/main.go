@@ -26,6 +26,7 @@ const usage = `keyward issues, checks and revokes API keys on Kubernetes.
 
 Usage:
   keyward controller [flags]   reconcile ApiKeys: issue, record, deliver, revoke
+  keyward authn [flags]        the auth endpoint gateways ask (forward auth, ext_authz, review)
   keyward dev [flags]          run everything on a local control plane
 
 Run 'keyward <mode> -h' for the flags of a mode.
@@ -42,6 +43,8 @@ func main() {
 	switch mode, args := os.Args[1], os.Args[2:]; mode {
 	case "controller":
 		err = controller(ctx, args)
+	case "authn":
+		err = authnMode(ctx, args)
 	case "dev":
 		err = dev(ctx, args)
 	case "-h", "--help", "help":
@@ -106,4 +109,25 @@ func dev(ctx context.Context, args []string) error {
 	o.Verbosity = *v
 	ctrl.SetLogger(logging.New(io.Discard, 0))
 	return app.RunDev(ctx, o)
+}
+
+func authnMode(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("keyward authn", flag.ExitOnError)
+	var o app.AuthnOptions
+	fs.StringVar(&o.HTTPAddr, "http-address", ":8180", "address of forward auth (/authn) and /review")
+	fs.StringVar(&o.GRPCAddr, "grpc-address", ":8181", "address of Envoy ext_authz gRPC")
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", "address of /metrics")
+	fs.StringVar(&o.HealthAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	fs.BoolVar(&o.AllowQueryKeys, "allow-query-keys", true, "accept keys in the query string (_auth_key, _api_auth); answers carry a Warning")
+	fs.BoolVar(&o.StripCredentials, "strip-credentials", true, "ask Envoy (gRPC ext_authz) to remove the key before the request goes upstream")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster, or $KUBECONFIG)")
+	v := verbosityFlag(fs)
+	_ = fs.Parse(args)
+	o.Logger = logging.New(os.Stderr, *v)
+	ctrl.SetLogger(o.Logger)
+	cfg, err := restConfig(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	return app.RunAuthn(ctx, cfg, o)
 }

@@ -29,6 +29,8 @@ type ControllerOptions struct {
 	// LeaderElectionNamespace holds the lease (default: the pod's namespace).
 	LeaderElectionNamespace string
 	Logger                  logr.Logger
+	// ExtraReadyz are more readiness checks (dev mode: the auth endpoint's).
+	ExtraReadyz map[string]func(*http.Request) error
 }
 
 // RunController runs the ApiKey controller until ctx is done.
@@ -68,6 +70,11 @@ func RunController(ctx context.Context, cfg *rest.Config, o ControllerOptions) e
 		return nil
 	}); err != nil {
 		return err
+	}
+	for name, check := range o.ExtraReadyz {
+		if err := mgr.AddReadyzCheck(name, check); err != nil {
+			return err
+		}
 	}
 	return mgr.Start(ctx)
 }

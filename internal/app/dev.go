@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 
 	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/controllers"
+	"keyward.dev/keyward/internal/index"
 	"keyward.dev/keyward/internal/logging"
 )
 
@@ -60,7 +62,7 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 		return err
 	}
 	defer unlock()
-	for _, addr := range []string{DevMetricsAddr, DevHealthAddr} {
+	for _, addr := range []string{DevAuthAddr, DevGRPCAddr, DevMetricsAddr, DevHealthAddr} {
 		if err := free(addr); err != nil {
 			return err
 		}
@@ -110,15 +112,29 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	log := logging.New(logFile, o.Verbosity)
-	done := make(chan error, 1)
+	ix := index.New()
+	done := make(chan error, 2)
 	go func() {
 		done <- RunController(ctx, admin.Config(), ControllerOptions{
 			EndpointURL: "http://" + DevAuthAddr,
 			MetricsAddr: DevMetricsAddr, HealthAddr: DevHealthAddr,
 			Logger: log.WithName("controller"),
+			ExtraReadyz: map[string]func(*http.Request) error{"authn-index": func(*http.Request) error {
+				if !ix.Synced() {
+					return errors.New("auth endpoint has not loaded the keys yet")
+				}
+				return nil
+			}},
 		})
 	}()
-	say("keyward controller running (log: %s)", logFile.Name())
+	go func() {
+		done <- RunAuthn(ctx, admin.Config(), AuthnOptions{
+			HTTPAddr: DevAuthAddr, GRPCAddr: DevGRPCAddr,
+			AllowQueryKeys: true, StripCredentials: true,
+			Logger: log.WithName("authn"), Index: ix,
+		})
+	}()
+	say("keyward controller and auth endpoint running (log: %s)", logFile.Name())
 
 	applied, err := applyDir(ctx, admin.Config(), filepath.Join(o.Config, "samples"))
 	if err != nil {
@@ -130,11 +146,14 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 	select {
 	case <-ctx.Done():
 		cancel()
-		return <-done
+		err1, err2 := <-done, <-done
+		return errors.Join(err1, err2)
 	case err := <-done:
 		if err == nil {
-			err = errors.New("the controller stopped")
+			err = errors.New("keyward stopped")
 		}
+		cancel()
+		<-done
 		return err
 	}
 }
@@ -144,9 +163,14 @@ keyward is running. In another terminal:
 
   export KUBECONFIG=%s
   kubectl get apikeys -A
-  kubectl -n keyward-demo get secret occupancy-reader-apikey -o jsonpath='{.data.token}' | base64 -d; echo
-  kubectl -n keyward-demo patch apikey occupancy-reader --type merge -p '{"spec":{"archived":true}}'
+  TOKEN=$(kubectl -n keyward-demo get secret occupancy-reader-apikey -o jsonpath='{.data.token}' | base64 -d)
 
+  curl -i -H "x-api-key: $TOKEN" 'http://127.0.0.1:8180/authn?scope=occupancy:read'    # 200
+  curl -i -H "x-api-key: $TOKEN" 'http://127.0.0.1:8180/authn?scope=devices:write'     # 403
+  kubectl -n keyward-demo patch apikey occupancy-reader --type merge -p '{"spec":{"archived":true}}'
+  curl -i -H "x-api-key: $TOKEN" 'http://127.0.0.1:8180/authn'                         # 401 archived
+
+Metrics: http://127.0.0.1:8080/metrics · health: http://127.0.0.1:8081/readyz
 Ctrl-C stops everything.
 `
 

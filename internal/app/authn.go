@@ -1,0 +1,156 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"k8s.io/client-go/rest"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"keyward.dev/keyward/internal/authn"
+	"keyward.dev/keyward/internal/index"
+	"keyward.dev/keyward/internal/serve"
+)
+
+// AuthnOptions configure the auth endpoint.
+type AuthnOptions struct {
+	// HTTPAddr serves /authn and /review; GRPCAddr Envoy's ext_authz.
+	HTTPAddr, GRPCAddr string
+	// MetricsAddr and HealthAddr: "" leaves them to someone else (dev mode
+	// shares the controller's).
+	MetricsAddr, HealthAddr string
+	AllowQueryKeys          bool
+	StripCredentials        bool
+	// Namespaces limits the watch (tests); empty watches all.
+	Namespaces []string
+	Logger     logr.Logger
+	// Ready, when set, is called with the index's readiness check.
+	Ready func(check func(*http.Request) error)
+	// Index, when set, is used instead of a new one (tests, dev).
+	Index *index.Index
+}
+
+// The decision metrics are registered once with the process-wide registry
+// (dev mode and tests run several endpoints in one process).
+var (
+	metricsOnce     sync.Once
+	decisionMetrics *serve.Metrics
+)
+
+// RunAuthn runs the auth endpoint until ctx is done. Every replica builds
+// its own index from a watch and needs no leader.
+func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
+	ix := o.Index
+	if ix == nil {
+		ix = index.New()
+	}
+	metricsOnce.Do(func() { decisionMetrics = serve.NewMetrics(ctrlmetrics.Registry) })
+	s := &serve.Server{
+		Decider:          &authn.Decider{Index: ix, Now: time.Now},
+		AllowQueryKeys:   o.AllowQueryKeys,
+		StripCredentials: o.StripCredentials,
+		Metrics:          decisionMetrics,
+		Log:              o.Logger,
+	}
+	ready := func(*http.Request) error {
+		if !ix.Synced() {
+			return errors.New("keys not loaded yet")
+		}
+		return nil
+	}
+	if o.Ready != nil {
+		o.Ready(ready)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 5)
+	var servers []*http.Server
+	listen := func(addr string, h http.Handler) error {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+		servers = append(servers, srv)
+		go func() {
+			if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+				errs <- err
+			}
+		}()
+		return nil
+	}
+	if err := listen(o.HTTPAddr, s.Handler()); err != nil {
+		return err
+	}
+	if o.MetricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(ctrlmetrics.Registry, promhttp.HandlerOpts{}))
+		if err := listen(o.MetricsAddr, mux); err != nil {
+			return err
+		}
+	}
+	if o.HealthAddr != "" {
+		mux := http.NewServeMux()
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+			if err := ready(r); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok"))
+		})
+		if err := listen(o.HealthAddr, mux); err != nil {
+			return err
+		}
+	}
+	gl, err := net.Listen("tcp", o.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", o.GRPCAddr, err)
+	}
+	gs := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(gs, &serve.Authorization{S: s})
+	go func() {
+		if err := gs.Serve(gl); err != nil {
+			errs <- err
+		}
+	}()
+	o.Logger.Info("auth endpoint listening", "http", o.HTTPAddr, "grpc", o.GRPCAddr)
+
+	go func() {
+		// Until the first list completes, checks get 503 not_ready.
+		if err := index.Watch(ctx, cfg, ix, o.Namespaces...); err != nil && ctx.Err() == nil {
+			errs <- err
+			return
+		}
+		o.Logger.Info("keys loaded", "keys", ix.Len())
+	}()
+
+	select {
+	case <-ctx.Done():
+		err = nil
+	case err = <-errs:
+	}
+	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	for _, srv := range servers {
+		_ = srv.Shutdown(shutdown)
+	}
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-shutdown.Done():
+		gs.Stop()
+	}
+	return err
+}

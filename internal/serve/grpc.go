@@ -1,0 +1,115 @@
+package serve
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+
+	"keyward.dev/keyward/internal/authn"
+)
+
+// Authorization is Envoy's ext_authz gRPC service
+// (envoy.service.auth.v3.Authorization/Check).
+type Authorization struct {
+	authv3.UnimplementedAuthorizationServer
+	S *Server
+}
+
+// envoyHeaders reads Envoy's lower-case header map by canonical name.
+type envoyHeaders map[string]string
+
+var lowerNames = map[string]string{
+	authn.HeaderAPIKey: "x-api-key", authn.HeaderAuthKey: "x-auth-key",
+	authn.HeaderAPIAuth: "x-api-auth", authn.HeaderAuthorization: "authorization",
+}
+
+func (h envoyHeaders) Get(canonical string) string {
+	if l, ok := lowerNames[canonical]; ok {
+		return h[l]
+	}
+	return h[strings.ToLower(canonical)]
+}
+
+// credentialHeaders are removed before the request goes upstream when
+// StripCredentials is on.
+var credentialHeaders = []string{"x-api-key", "x-auth-key", "x-api-auth", "authorization"}
+
+// Check answers one ext_authz request. Required scopes come from the route's
+// context extension "scopes" and the x-keyward-required-scopes header.
+func (a *Authorization) Check(_ context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	start := time.Now()
+	s := a.S
+	httpReq := req.GetAttributes().GetRequest().GetHttp()
+	headers := envoyHeaders(httpReq.GetHeaders())
+	_, rawQuery, _ := strings.Cut(httpReq.GetPath(), "?")
+	if httpReq.GetQuery() != "" {
+		rawQuery = httpReq.GetQuery()
+	}
+	var buf [2]string
+	required := authn.Scopes(buf[:0])
+	if sc := req.GetAttributes().GetContextExtensions()["scopes"]; sc != "" {
+		required = append(required, sc)
+	}
+	if sc := headers["x-keyward-required-scopes"]; sc != "" {
+		required = append(required, sc)
+	}
+	v := s.Decider.Decide(authn.Extract(headers, rawQuery, s.AllowQueryKeys), required)
+	s.Metrics.Observe(v, start)
+	return checkResponse(v, s.StripCredentials), nil
+}
+
+func header(k, v string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: k, Value: v},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+func checkResponse(v authn.Verdict, strip bool) *authv3.CheckResponse {
+	if v.Allowed {
+		ok := &authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{
+			header(strings.ToLower(HeaderKeyID), v.Entry.KeyID),
+			header(strings.ToLower(HeaderKey), v.Entry.Key),
+			header(strings.ToLower(HeaderScopes), v.Entry.ScopesHeaderV[0]),
+		}}
+		if strip {
+			ok.HeadersToRemove = credentialHeaders
+			if v.QueryKey {
+				ok.QueryParametersToRemove = authn.QueryParams[:]
+			}
+		}
+		if v.QueryKey {
+			ok.ResponseHeadersToAdd = []*corev3.HeaderValueOption{header("warning", queryKeyWarning)}
+		}
+		return &authv3.CheckResponse{
+			Status:       &rpcstatus.Status{Code: int32(codes.OK)},
+			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
+		}
+	}
+	code := codes.PermissionDenied
+	switch v.Code {
+	case http.StatusUnauthorized:
+		code = codes.Unauthenticated
+	case http.StatusServiceUnavailable:
+		code = codes.Unavailable
+	}
+	denied := &authv3.DeniedHttpResponse{
+		Status:  &typev3.HttpStatus{Code: typev3.StatusCode(v.Code)},
+		Body:    string(denyBody(v)),
+		Headers: []*corev3.HeaderValueOption{header("content-type", "application/json")},
+	}
+	if v.Code == http.StatusUnauthorized {
+		denied.Headers = append(denied.Headers, header("www-authenticate", wwwAuthenticate(v.Reason)[0]))
+	}
+	return &authv3.CheckResponse{
+		Status:       &rpcstatus.Status{Code: int32(code), Message: v.Reason},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: denied},
+	}
+}

@@ -1,0 +1,157 @@
+package serve
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"keyward.dev/keyward/internal/authn"
+)
+
+// ReviewAPIVersion and ReviewKind identify an AuthReview.
+const (
+	ReviewAPIVersion = "keyward.dev/v1alpha1"
+	ReviewKind       = "AuthReview"
+	maxReviewBytes   = 64 << 10
+)
+
+// AuthReview asks whether a request's key is good, in the shape of a
+// Kubernetes AdmissionReview: the request goes in, the response comes back
+// in the same object.
+type AuthReview struct {
+	APIVersion string          `json:"apiVersion"`
+	Kind       string          `json:"kind"`
+	Request    *ReviewRequest  `json:"request,omitempty"`
+	Response   *ReviewResponse `json:"response,omitempty"`
+}
+
+// ReviewRequest is the request under review.
+type ReviewRequest struct {
+	UID    string `json:"uid"`
+	Method string `json:"method,omitempty"`
+	// Path may carry a query string.
+	Path string `json:"path,omitempty"`
+	// Headers by name (any case); several values of one name as a list.
+	Headers        map[string]StringOrList `json:"headers,omitempty"`
+	Query          map[string]StringOrList `json:"query,omitempty"`
+	RequiredScopes []string                `json:"requiredScopes,omitempty"`
+}
+
+// ReviewResponse is keyward's answer.
+type ReviewResponse struct {
+	UID     string       `json:"uid"`
+	Allowed bool         `json:"allowed"`
+	Status  ReviewStatus `json:"status"`
+	KeyID   string       `json:"keyId,omitempty"`
+	// Key is the ApiKey's namespace/name.
+	Key    string   `json:"key,omitempty"`
+	Scopes []string `json:"scopes,omitempty"`
+}
+
+// ReviewStatus is the HTTP status the gateway should answer with, and why.
+type ReviewStatus struct {
+	Code    int    `json:"code"`
+	Reason  string `json:"reason"`
+	Message string `json:"message,omitempty"`
+}
+
+// StringOrList accepts "v" or ["v1", "v2"].
+type StringOrList []string
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (s *StringOrList) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*s = StringOrList{one}
+		return nil
+	}
+	var list []string
+	if err := json.Unmarshal(b, &list); err != nil {
+		return errors.New("want a string or a list of strings")
+	}
+	*s = list
+	return nil
+}
+
+// DecodeReview reads an AuthReview and says precisely what is wrong with a
+// bad one.
+func DecodeReview(r io.Reader) (*AuthReview, error) {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	var rev AuthReview
+	if err := dec.Decode(&rev); err != nil {
+		return nil, fmt.Errorf("the body is not a valid AuthReview: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("the body holds more than one JSON value")
+	}
+	switch {
+	case rev.APIVersion != ReviewAPIVersion || rev.Kind != ReviewKind:
+		return nil, fmt.Errorf("apiVersion and kind must be %q and %q", ReviewAPIVersion, ReviewKind)
+	case rev.Request == nil:
+		return nil, errors.New("request is missing")
+	case rev.Request.UID == "":
+		return nil, errors.New("request.uid is missing")
+	}
+	return &rev, nil
+}
+
+func (s *Server) review(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeReviewError(w, http.StatusMethodNotAllowed, "POST an AuthReview to /review")
+		return
+	}
+	rev, err := DecodeReview(http.MaxBytesReader(w, r.Body, maxReviewBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeReviewError(w, http.StatusRequestEntityTooLarge, "an AuthReview may be at most 64 KiB")
+			return
+		}
+		writeReviewError(w, http.StatusBadRequest, err.Error())
+		s.Metrics.Observe(authn.Verdict{Reason: authn.ReasonMalformedRequest}, start)
+		return
+	}
+	req := rev.Request
+	h := http.Header{}
+	for k, vs := range req.Headers {
+		for _, v := range vs {
+			h.Add(k, v)
+		}
+	}
+	q := url.Values{}
+	_, pathQuery, _ := strings.Cut(req.Path, "?")
+	if pq, err := url.ParseQuery(pathQuery); err == nil {
+		q = pq
+	}
+	for k, vs := range req.Query {
+		q[k] = append(q[k], vs...)
+	}
+	required := append(authn.Scopes(nil), req.RequiredScopes...)
+	v := s.Decider.Decide(authn.Extract(h, q.Encode(), s.AllowQueryKeys), required)
+	resp := &ReviewResponse{UID: req.UID, Allowed: v.Allowed,
+		Status: ReviewStatus{Code: v.Code, Reason: v.Reason, Message: v.Message}}
+	if v.Entry != nil {
+		resp.KeyID, resp.Key, resp.Scopes = v.Entry.KeyID, v.Entry.Key, v.Entry.Scopes
+	}
+	out := AuthReview{APIVersion: ReviewAPIVersion, Kind: ReviewKind, Response: resp}
+	w.Header().Set("Content-Type", "application/json")
+	if v.QueryKey {
+		w.Header().Set("Warning", queryKeyWarning)
+	}
+	_ = json.NewEncoder(w).Encode(out)
+	s.Metrics.Observe(v, start)
+}
+
+func writeReviewError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(denial{Reason: authn.ReasonMalformedRequest, Message: msg})
+}
