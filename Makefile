@@ -31,11 +31,12 @@ tools: $(CONTROLLER_GEN) controlplane
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from markers.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=keyward-controller paths=./controllers/... output:rbac:artifacts:config=config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=keyward-authn paths=./internal/index/... output:rbac:artifacts:config=config/rbac/authn
 
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code from markers.
 	$(CONTROLLER_GEN) object paths=./api/...
 
-GENERATED = config/crd/bases/*.yaml config/rbac/role.yaml api/v1alpha1/zz_generated.deepcopy.go
+GENERATED = config/crd/bases/*.yaml config/rbac/role.yaml config/rbac/authn/role.yaml api/v1alpha1/zz_generated.deepcopy.go
 
 verify-generated: $(CONTROLLER_GEN) ## Fail when the generated files differ from what the markers generate.
 	@before="$$(sha256sum $(GENERATED))"; \

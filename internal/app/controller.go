@@ -11,6 +11,7 @@ import (
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -29,6 +30,9 @@ type ControllerOptions struct {
 	// LeaderElectionNamespace holds the lease (default: the pod's namespace).
 	LeaderElectionNamespace string
 	Logger                  logr.Logger
+	// AgainInProcess allows a controller to run again in the same process
+	// after an earlier one stopped (tests).
+	AgainInProcess bool
 	// ExtraReadyz are more readiness checks (dev mode: the auth endpoint's).
 	ExtraReadyz map[string]func(*http.Request) error
 }
@@ -46,6 +50,7 @@ func RunController(ctx context.Context, cfg *rest.Config, o ControllerOptions) e
 		// The lease is handed over at once on a clean shutdown.
 		LeaderElectionReleaseOnCancel: true,
 		Logger:                        o.Logger,
+		Controller:                    config.Controller{SkipNameValidation: &o.AgainInProcess},
 	})
 	if err != nil {
 		return fmt.Errorf("set up controller: %w", err)

@@ -89,7 +89,7 @@ func TestBadCredentialsAreRefusedWithTheirReason(t *testing.T) {
 		"typo":                {hdr("x-api-key", a.Token()[:20]+"x"+a.Token()[21:]), "", true, ReasonMalformedKey},
 		"digest scheme":       {hdr("Authorization", "Digest abc"), "", true, ReasonMalformedKey},
 		"basic not base64":    {hdr("Authorization", "Basic !!!"), "", true, ReasonMalformedKey},
-		"basic without colon": {hdr("Authorization", "Basic " + base64.StdEncoding.EncodeToString([]byte(a.ID))), "", true, ReasonMalformedKey},
+		"basic without colon": {hdr("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(a.ID))), "", true, ReasonMalformedKey},
 		"two keys":            {hdr("x-api-key", a.Token(), "x-auth-key", b.Token()), "", true, ReasonAmbiguousCredentials},
 		"header and query":    {hdr("x-api-key", a.Token()), "_auth_key=" + b.Token(), true, ReasonAmbiguousCredentials},
 		"key and junk":        {hdr("x-api-key", a.Token(), "Authorization", "Bearer junk"), "", true, ReasonAmbiguousCredentials},

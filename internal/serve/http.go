@@ -131,8 +131,8 @@ func (s *Server) write(w http.ResponseWriter, v authn.Verdict) {
 }
 
 var (
-	jsonType  = []string{"application/json"}
-	allowBody = []byte(`{"allowed":true,"reason":"allowed"}` + "\n")
+	jsonType   = []string{"application/json"}
+	allowBody  = []byte(`{"allowed":true,"reason":"allowed"}` + "\n")
 	wwwMissing = []string{`Bearer realm="keyward"`}
 	wwwInvalid = []string{`Bearer realm="keyward", error="invalid_token"`}
 )

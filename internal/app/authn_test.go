@@ -1,0 +1,345 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/controllers"
+	"keyward.dev/keyward/internal/logging"
+	"keyward.dev/keyward/internal/testenv"
+)
+
+var (
+	env *envtest.Environment
+	cfg *rest.Config
+	k8s client.Client
+)
+
+func TestMain(m *testing.M) {
+	var err error
+	env, cfg, err = testenv.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = env.Stop()
+	os.Exit(code)
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// endpoint is a running auth endpoint.
+type endpoint struct{ url string }
+
+// startEndpoint runs the auth endpoint with the given identity until the
+// test ends, and waits until it is ready.
+func startEndpoint(t testing.TB, c *rest.Config, namespaces ...string) *endpoint {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	httpAddr, health := freeAddr(t), freeAddr(t)
+	done := make(chan error, 1)
+	go func() {
+		done <- RunAuthn(ctx, c, AuthnOptions{
+			HTTPAddr: httpAddr, GRPCAddr: freeAddr(t), HealthAddr: health,
+			AllowQueryKeys: true, Namespaces: namespaces, Logger: logging.New(io.Discard, 0),
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, 20*time.Second, "the endpoint to be ready", func() bool {
+		resp, err := http.Get("http://" + health + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return &endpoint{url: "http://" + httpAddr}
+}
+
+// startController runs the controller for the test's namespace.
+func startController(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- RunController(ctx, cfg, ControllerOptions{
+			EndpointURL: "http://example.test", MetricsAddr: "0", HealthAddr: "0",
+			Logger: logging.New(io.Discard, 0), AgainInProcess: true,
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func (e *endpoint) check(t testing.TB, token, scope string) int {
+	t.Helper()
+	req, _ := http.NewRequest("GET", e.url+"/authn?scope="+scope, nil)
+	req.Header.Set("x-api-key", token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func namespace(t testing.TB, name string) string {
+	t.Helper()
+	if err := k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// issue creates ApiKeys and returns their tokens once issued.
+func issue(t testing.TB, ns string, names ...string) map[string]string {
+	t.Helper()
+	for _, n := range names {
+		k := &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: n},
+			Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"occupancy:read"}}}
+		if err := k8s.Create(context.Background(), k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tokens := map[string]string{}
+	for _, n := range names {
+		sec := &corev1.Secret{}
+		eventually(t, 20*time.Second, "the Secret of "+n, func() bool {
+			return k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: n + "-apikey"}, sec) == nil
+		})
+		tokens[n] = string(sec.Data[kw.SecretKeyToken])
+	}
+	return tokens
+}
+
+// TestEndpointNeedsOnlyItsRole runs the endpoint as a user holding only the
+// ClusterRole generated for it, and checks that user can read no Secret.
+func TestEndpointNeedsOnlyItsRole(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(testenv.Root(), "config", "rbac", "authn", "role.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	role := &rbacv1.ClusterRole{}
+	if err := yaml.Unmarshal(data, role); err != nil || role.Name != "keyward-authn" {
+		t.Fatalf("config/rbac/authn/role.yaml: %v %q", err, role.Name)
+	}
+	for _, r := range role.Rules {
+		if slices.Contains(r.Resources, "secrets") || slices.Contains(r.Resources, "*") ||
+			slices.ContainsFunc(r.Verbs, func(v string) bool { return v != "get" && v != "list" && v != "watch" }) {
+			t.Fatalf("the endpoint's role grants more than reading keys: %+v", r)
+		}
+	}
+	ctx := context.Background()
+	for _, o := range []client.Object{role, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "keyward-authn"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "keyward-authn"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "authn-under-test"}},
+	}} {
+		if err := k8s.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	user, err := env.AddUser(envtest.User{Name: "authn-under-test"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := namespace(t, "rbac")
+	startController(t)
+	e := startEndpoint(t, user.Config(), ns)
+	tokens := issue(t, ns, "a")
+	eventually(t, 5*time.Second, "the key to verify", func() bool { return e.check(t, tokens["a"], "occupancy:read") == 200 })
+
+	asUser, err := client.New(user.Config(), client.Options{Scheme: controllers.NewScheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = asUser.Get(ctx, client.ObjectKey{Namespace: ns, Name: "a-apikey"}, &corev1.Secret{})
+	if !apierrors.IsForbidden(err) {
+		t.Fatalf("the endpoint's identity reading a Secret got %v, want Forbidden", err)
+	}
+}
+
+// TestArchiveAndDeleteRevokeWithin100ms measures, over 40 keys, the time
+// from the API server accepting an archive (or a delete) to the first 401.
+func TestArchiveAndDeleteRevokeWithin100ms(t *testing.T) {
+	ns := namespace(t, "revoke")
+	startController(t)
+	e := startEndpoint(t, cfg, ns)
+	names := make([]string, 40)
+	for i := range names {
+		names[i] = fmt.Sprintf("k%02d", i)
+	}
+	tokens := issue(t, ns, names...)
+	for _, n := range names {
+		eventually(t, 5*time.Second, n+" to verify", func() bool { return e.check(t, tokens[n], "") == 200 })
+	}
+	ctx := context.Background()
+	var lat []time.Duration
+	for i, n := range names {
+		key := &kw.ApiKey{}
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: n}, key); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			patch := client.MergeFrom(key.DeepCopy())
+			key.Spec.Archived = true
+			if err := k8s.Patch(ctx, key, patch); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := k8s.Delete(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		for e.check(t, tokens[n], "") == 200 {
+			if time.Since(start) > 5*time.Second {
+				t.Fatalf("%s still verifies 5s after it was revoked", n)
+			}
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
+	t.Logf("revocation over %d keys: p50 %s, p99 %s, max %s", len(lat), p50, p99, lat[len(lat)-1])
+	if p99 > 100*time.Millisecond {
+		t.Fatalf("p99 revocation latency %s, want under 100ms", p99)
+	}
+}
+
+// TestEndpointServesWhileAPIServerIsDown cuts the endpoint off from the
+// API server: keys still verify from the index; once it can reach the API
+// server again, changes flow again.
+func TestEndpointServesWhileAPIServerIsDown(t *testing.T) {
+	ns := namespace(t, "outage")
+	startController(t)
+	link := newLink(t, cfg.Host)
+	viaLink := rest.CopyConfig(cfg)
+	viaLink.Host = "https://" + link.addr
+	e := startEndpoint(t, viaLink, ns)
+	tokens := issue(t, ns, "steady", "doomed")
+	for _, n := range []string{"steady", "doomed"} {
+		eventually(t, 5*time.Second, n+" to verify", func() bool { return e.check(t, tokens[n], "") == 200 })
+	}
+	link.cut()
+	ctx := context.Background()
+	if err := k8s.Delete(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "doomed"}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 40 {
+		if code := e.check(t, tokens["steady"], "occupancy:read"); code != 200 {
+			t.Fatalf("cut off from the API server, a good key got %d", code)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	link.restore(t)
+	eventually(t, 60*time.Second, "the key deleted during the outage to be refused", func() bool { return e.check(t, tokens["doomed"], "") == 401 })
+	fresh := issue(t, ns, "fresh")
+	eventually(t, 30*time.Second, "a key issued after the outage to verify", func() bool { return e.check(t, fresh["fresh"], "") == 200 })
+	if code := e.check(t, tokens["steady"], ""); code != 200 {
+		t.Fatalf("after the outage a good key got %d", code)
+	}
+}
+
+// link is a TCP proxy to the API server that can be cut and restored, as a
+// network partition would.
+type link struct {
+	addr, target string
+	l            net.Listener
+	mu           sync.Mutex
+	conns        []net.Conn
+}
+
+func newLink(t testing.TB, target string) *link {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lk := &link{target: u.Host}
+	lk.listen(t, "127.0.0.1:0")
+	t.Cleanup(lk.cut)
+	return lk
+}
+
+func (lk *link) listen(t testing.TB, addr string) {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lk.l, lk.addr = l, l.Addr().String()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", lk.target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			lk.mu.Lock()
+			lk.conns = append(lk.conns, c, up)
+			lk.mu.Unlock()
+			go func() { _, _ = io.Copy(up, c); up.Close() }()
+			go func() { _, _ = io.Copy(c, up); c.Close() }()
+		}
+	}()
+}
+
+func (lk *link) cut() {
+	lk.l.Close()
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	for _, c := range lk.conns {
+		c.Close()
+	}
+	lk.conns = nil
+}
+
+func (lk *link) restore(t testing.TB) { lk.listen(t, lk.addr) }

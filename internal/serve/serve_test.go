@@ -1,0 +1,253 @@
+package serve
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"k8s.io/apimachinery/pkg/types"
+
+	"keyward.dev/keyward/internal/authn"
+	"keyward.dev/keyward/internal/index"
+	"keyward.dev/keyward/internal/keys"
+)
+
+func newServer(t testing.TB) (*Server, keys.Key, keys.Key) {
+	t.Helper()
+	ix := index.New()
+	add := func(name string, ak index.ApiKey) keys.Key {
+		k, _ := keys.Generate()
+		nn := types.NamespacedName{Namespace: "team-a", Name: name}
+		ix.SetApiKey(nn, &ak)
+		ix.SetRecord(nn, &index.Record{Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}}})
+		return k
+	}
+	reader := add("reader", index.ApiKey{Scopes: []string{"occupancy:read", "agents:activate"}})
+	old := add("old", index.ApiKey{Scopes: []string{"a"}, Archived: true})
+	ix.MarkSynced()
+	return &Server{Decider: &authn.Decider{Index: ix, Now: time.Now}, AllowQueryKeys: true, StripCredentials: true}, reader, old
+}
+
+func TestForwardAuth(t *testing.T) {
+	s, reader, old := newServer(t)
+	h := s.Handler()
+	for _, tc := range []struct {
+		name, method, target string
+		headers              map[string]string
+		code                 int
+		reason               string
+	}{
+		{"allow", "GET", "/authn", map[string]string{"x-api-key": reader.Token()}, 200, "allowed"},
+		{"any method", "DELETE", "/authn", map[string]string{"x-api-key": reader.Token()}, 200, "allowed"},
+		{"path below /authn (Envoy prefix)", "POST", "/authn/api/v1/occupancy?floor=3", map[string]string{"x-api-key": reader.Token()}, 200, "allowed"},
+		{"scope in auth URL", "GET", "/authn?scope=occupancy:read", map[string]string{"x-api-key": reader.Token()}, 200, "allowed"},
+		{"missing scope", "GET", "/authn?scope=occupancy:read&scope=devices:write", map[string]string{"x-api-key": reader.Token()}, 403, "insufficient_scope"},
+		{"scope header", "GET", "/authn", map[string]string{"x-api-key": reader.Token(), HeaderRequiredScopes: "devices:write"}, 403, "insufficient_scope"},
+		{"no key", "GET", "/authn", nil, 401, "missing_key"},
+		{"junk", "GET", "/authn", map[string]string{"x-api-key": "junk"}, 401, "malformed_key"},
+		{"archived", "GET", "/authn", map[string]string{"x-api-key": old.Token()}, 401, "archived"},
+		{"query via X-Original-URI", "GET", "/authn", map[string]string{"X-Original-URI": "/v1/x?_auth_key=" + reader.Token()}, 200, "allowed"},
+		{"query via X-Forwarded-Uri", "GET", "/authn", map[string]string{"X-Forwarded-Uri": "/v1/x?_api_auth=" + reader.Token()}, 200, "allowed"},
+		{"two keys", "GET", "/authn", map[string]string{"x-api-key": reader.Token(), "x-auth-key": old.Token()}, 401, "ambiguous_credentials"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(tc.method, tc.target, nil)
+			for k, v := range tc.headers {
+				r.Header.Set(k, v)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			var body struct {
+				Allowed bool   `json:"allowed"`
+				Reason  string `json:"reason"`
+				Message string `json:"message"`
+			}
+			if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+				t.Fatalf("body %q is not JSON: %v", w.Body, err)
+			}
+			if w.Code != tc.code || body.Reason != tc.reason || body.Allowed != (tc.code == 200) {
+				t.Fatalf("%d %+v, want %d %s", w.Code, body, tc.code, tc.reason)
+			}
+			if tc.code == 401 && w.Header().Get("WWW-Authenticate") == "" {
+				t.Error("401 without WWW-Authenticate")
+			}
+			if tc.code != 200 && body.Message == "" {
+				t.Error("denial without a message")
+			}
+			if tc.code == 200 {
+				if w.Header().Get(HeaderKeyID) != reader.ID || w.Header().Get(HeaderKey) != "team-a/reader" ||
+					w.Header().Get(HeaderScopes) != "occupancy:read,agents:activate" {
+					t.Errorf("identity headers %v", w.Header())
+				}
+			} else if w.Header().Get(HeaderKeyID) != "" {
+				t.Error("identity headers on a denial")
+			}
+			wantWarning := strings.Contains(tc.name, "query")
+			if got := w.Header().Get("Warning") != ""; got != wantWarning {
+				t.Errorf("Warning header present: %v, want %v", got, wantWarning)
+			}
+			if strings.Contains(w.Body.String(), reader.Secret) {
+				t.Error("the answer carries the secret")
+			}
+		})
+	}
+}
+
+func TestQueryKeysCanBeTurnedOff(t *testing.T) {
+	s, reader, _ := newServer(t)
+	s.AllowQueryKeys = false
+	r := httptest.NewRequest("GET", "/authn", nil)
+	r.Header.Set("X-Original-URI", "/x?_auth_key="+reader.Token())
+	w := httptest.NewRecorder()
+	s.Handler().ServeHTTP(w, r)
+	if w.Code != 401 || !strings.Contains(w.Body.String(), "turned off") {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+}
+
+func review(t *testing.T, h http.Handler, body string) (*httptest.ResponseRecorder, AuthReview) {
+	t.Helper()
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("POST", "/review", strings.NewReader(body)))
+	var out AuthReview
+	_ = json.Unmarshal(w.Body.Bytes(), &out)
+	return w, out
+}
+
+func TestReview(t *testing.T) {
+	s, reader, _ := newServer(t)
+	h := s.Handler()
+	w, out := review(t, h, `{"apiVersion":"keyward.dev/v1alpha1","kind":"AuthReview","request":{"uid":"u-1","method":"GET",
+		"path":"/v1/occupancy","headers":{"X-Api-Key":"`+reader.Token()+`"},"requiredScopes":["occupancy:read"]}}`)
+	r := out.Response
+	if w.Code != 200 || r == nil || !r.Allowed || r.UID != "u-1" || r.Status.Code != 200 || r.KeyID != reader.ID || r.Key != "team-a/reader" {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	_, out = review(t, h, `{"apiVersion":"keyward.dev/v1alpha1","kind":"AuthReview","request":{"uid":"u-2",
+		"query":{"_auth_key":"`+reader.Token()+`"},"requiredScopes":["devices:write"]}}`)
+	if r := out.Response; r == nil || r.Allowed || r.Status.Code != 403 || r.Status.Reason != "insufficient_scope" || r.UID != "u-2" {
+		t.Fatalf("%+v", out.Response)
+	}
+	for name, tc := range map[string]struct{ body, says string }{
+		"not JSON":      {`{"apiVersion":`, "not a valid AuthReview"},
+		"wrong kind":    {`{"apiVersion":"v1","kind":"Pod","request":{"uid":"x"}}`, `apiVersion and kind must be "keyward.dev/v1alpha1" and "AuthReview"`},
+		"no request":    {`{"apiVersion":"keyward.dev/v1alpha1","kind":"AuthReview"}`, "request is missing"},
+		"no uid":        {`{"apiVersion":"keyward.dev/v1alpha1","kind":"AuthReview","request":{}}`, "request.uid is missing"},
+		"typo in field": {`{"apiVersion":"keyward.dev/v1alpha1","kind":"AuthReview","request":{"uid":"x","requiredScope":["a"]}}`, `unknown field "requiredScope"`},
+		"bad header":    {`{"apiVersion":"keyward.dev/v1alpha1","kind":"AuthReview","request":{"uid":"x","headers":{"a":1}}}`, "want a string or a list of strings"},
+	} {
+		w, _ := review(t, h, tc.body)
+		var d denial
+		_ = json.Unmarshal(w.Body.Bytes(), &d)
+		if w.Code != 400 || !strings.Contains(d.Message, tc.says) || d.Reason != "malformed_request" {
+			t.Errorf("%s: %d %s; want 400 saying %q", name, w.Code, w.Body, tc.says)
+		}
+	}
+	w = httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/review", nil))
+	if w.Code != 405 {
+		t.Errorf("GET /review: %d", w.Code)
+	}
+}
+
+func FuzzDecodeReview(f *testing.F) {
+	f.Add(`{"apiVersion":"keyward.dev/v1alpha1","kind":"AuthReview","request":{"uid":"u","headers":{"x-api-key":["a","b"]}}}`)
+	f.Add(`{"apiVersion":"keyward.dev/v1alpha1","kind":"AuthReview","request":{"uid":"u","query":{"_auth_key":"x"}}}`)
+	f.Add(`[]`)
+	f.Fuzz(func(t *testing.T, body string) {
+		rev, err := DecodeReview(strings.NewReader(body))
+		if err == nil && (rev.Request == nil || rev.Request.UID == "") {
+			t.Fatal("accepted a review without request or uid")
+		}
+		if err != nil && err.Error() == "" {
+			t.Fatal("refusal without a message")
+		}
+	})
+}
+
+func TestGRPCCheckWithEnvoysClient(t *testing.T) {
+	s, reader, old := newServer(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(gs, &Authorization{S: s})
+	go func() { _ = gs.Serve(l) }()
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := authv3.NewAuthorizationClient(conn)
+	check := func(headers map[string]string, path string, ext map[string]string) *authv3.CheckResponse {
+		t.Helper()
+		resp, err := c.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+				Method: "GET", Path: path, Headers: headers,
+			}},
+			ContextExtensions: ext,
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+
+	resp := check(map[string]string{"x-api-key": reader.Token()}, "/v1/occupancy", map[string]string{"scopes": "occupancy:read"})
+	ok := resp.GetOkResponse()
+	if codes.Code(resp.GetStatus().GetCode()) != codes.OK || ok == nil {
+		t.Fatalf("allow: %v", resp)
+	}
+	got := map[string]string{}
+	for _, h := range ok.GetHeaders() {
+		got[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+	}
+	if got["x-keyward-key-id"] != reader.ID || got["x-keyward-key"] != "team-a/reader" {
+		t.Errorf("identity headers %v", got)
+	}
+	if !strings.Contains(strings.Join(ok.GetHeadersToRemove(), ","), "x-api-key") {
+		t.Errorf("credential header not removed: %v", ok.GetHeadersToRemove())
+	}
+
+	for _, tc := range []struct {
+		name    string
+		headers map[string]string
+		path    string
+		ext     map[string]string
+		code    codes.Code
+		http    int
+		reason  string
+	}{
+		{"missing scope", map[string]string{"authorization": "Bearer " + reader.Token()}, "/", map[string]string{"scopes": "devices:write"}, codes.PermissionDenied, 403, "insufficient_scope"},
+		{"no key", map[string]string{}, "/", nil, codes.Unauthenticated, 401, "missing_key"},
+		{"archived", map[string]string{"x-api-key": old.Token()}, "/", nil, codes.Unauthenticated, 401, "archived"},
+		{"query key allowed", map[string]string{}, "/x?_auth_key=" + reader.Token(), nil, codes.OK, 0, ""},
+	} {
+		resp := check(tc.headers, tc.path, tc.ext)
+		if codes.Code(resp.GetStatus().GetCode()) != tc.code {
+			t.Errorf("%s: status %v", tc.name, resp.GetStatus())
+			continue
+		}
+		if tc.code == codes.OK {
+			if params := resp.GetOkResponse().GetQueryParametersToRemove(); len(params) == 0 {
+				t.Errorf("%s: the query key is not removed", tc.name)
+			}
+			continue
+		}
+		d := resp.GetDeniedResponse()
+		if int(d.GetStatus().GetCode()) != tc.http || !strings.Contains(d.GetBody(), `"reason":"`+tc.reason+`"`) {
+			t.Errorf("%s: denied %d %s", tc.name, d.GetStatus().GetCode(), d.GetBody())
+		}
+	}
+}
