@@ -23,6 +23,9 @@ const (
 	HeaderKey            = "X-Keyward-Key"
 	HeaderScopes         = "X-Keyward-Scopes"
 	HeaderRequiredScopes = "X-Keyward-Required-Scopes"
+	// HeaderReason carries a denial's reason code, for gateways (nginx
+	// auth_request) that answer the client with their own body.
+	HeaderReason = "X-Keyward-Reason"
 )
 
 // queryKeyWarning advises the header form when a key came in the URL.
@@ -123,6 +126,7 @@ func (s *Server) write(w http.ResponseWriter, v authn.Verdict) {
 		return
 	}
 	h["Content-Type"] = jsonType
+	h[HeaderReason] = []string{v.Reason}
 	if v.Code == http.StatusUnauthorized {
 		h["Www-Authenticate"] = wwwAuthenticate(v.Reason)
 	}

@@ -164,6 +164,18 @@ func TestDevTourWithKubectl(t *testing.T) {
 		}
 	})
 
+	t.Run("config/default passes the API server's dry run", func(t *testing.T) {
+		// A dry run cannot put objects into a namespace it only pretends to create.
+		s.mustKubectl(t, "create", "namespace", "keyward-system")
+		out := s.mustKubectl(t, "apply", "--dry-run=server", "-k", filepath.Join(root, "config", "default"))
+		for _, want := range []string{"deployment.apps/keyward-controller", "deployment.apps/keyward-authn",
+			"clusterrole.rbac.authorization.k8s.io/keyward-authn", "service/keyward-authn"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("dry run does not mention %s:\n%s", want, out)
+			}
+		}
+	})
+
 	t.Run("the samples applied at start are live", func(t *testing.T) {
 		waitStates(t, s, "keyward-demo", 30*time.Second)
 		out := s.mustKubectl(t, "get", "apikeys", "-n", "keyward-demo")
