@@ -11,7 +11,7 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 KEYWARD        := $(BIN)/keyward
 export KUBEBUILDER_ASSETS := $(CONTROLPLANE)
 
-.PHONY: nginx all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
+.PHONY: nginx wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
 all: build
 
 help: ## List the targets.
@@ -67,8 +67,16 @@ test: verify-generated controlplane nginx ## Run every test: generated-file chec
 fuzz: ## Fuzz the token parser for a while.
 	go test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./internal/keys
 
-bench: build controlplane ## Run the benchmark suite.
-	go test -run '^$$' -bench . -benchmem ./...
+wrk:
+	@command -v wrk >/dev/null || { \
+		echo ">> installing wrk from Debian's packages"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
+
+bench: build controlplane wrk ## Run the benchmark suite (docs/benchmarks.md says what it measures).
+	go build -o $(BIN)/bench-noop ./test/bench/noop
+	go test -run '^$$' -bench . -benchmem -count 1 ./internal/...
+	go run ./test/bench --bin $(BIN) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BIN)

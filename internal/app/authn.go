@@ -55,7 +55,7 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 	}
 	metricsOnce.Do(func() { decisionMetrics = serve.NewMetrics(ctrlmetrics.Registry) })
 	s := &serve.Server{
-		Decider:          &authn.Decider{Index: ix, Now: time.Now},
+		Decider:          &authn.Decider{Index: ix},
 		AllowQueryKeys:   o.AllowQueryKeys,
 		StripCredentials: o.StripCredentials,
 		Metrics:          decisionMetrics,

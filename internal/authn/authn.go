@@ -57,24 +57,24 @@ var unknownSum keys.Sum
 // Decider checks credentials against an index.
 type Decider struct {
 	Index *index.Index
-	Now   func() time.Time
 }
 
-// Decide checks one request's credentials against the scopes its route
-// requires.
-func (d *Decider) Decide(c Credentials, required Scopes) Verdict {
+// Decide checks one request's credentials, at time now, against the scopes
+// its route requires. Expiry is judged against now, so a key stops working
+// on time even if the controller is late.
+func (d *Decider) Decide(c Credentials, required Scopes, now time.Time) Verdict {
 	if !d.Index.Synced() {
 		return notReady
 	}
 	if c.Reason != "" {
 		return Verdict{Code: http.StatusUnauthorized, Reason: c.Reason, Message: c.Message, QueryKey: c.Query}
 	}
-	v := d.check(c.ID, c.Secret, required)
+	v := d.check(c.ID, c.Secret, required, now)
 	v.QueryKey = c.Query
 	return v
 }
 
-func (d *Decider) check(id, secret string, required Scopes) Verdict {
+func (d *Decider) check(id, secret string, required Scopes, now time.Time) Verdict {
 	e := d.Index.Lookup(id)
 	if e == nil {
 		unknownSum.Matches(secret)
@@ -87,8 +87,7 @@ func (d *Decider) check(id, secret string, required Scopes) Verdict {
 	if e.Archived {
 		return archived
 	}
-	now := d.Now()
-	if !e.ExpiresAt.IsZero() && !now.Before(e.ExpiresAt) || !e.RevokesAt.IsZero() && !now.Before(e.RevokesAt) {
+	if e.ExpiredAt(now) {
 		return expired
 	}
 	if missing, ok := required.missingFrom(e.Scopes); !ok {

@@ -21,7 +21,7 @@ type fixture struct {
 
 func newFixture(t testing.TB) *fixture {
 	f := &fixture{ix: index.New(), now: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
-	f.d = &Decider{Index: f.ix, Now: func() time.Time { return f.now }}
+	f.d = &Decider{Index: f.ix}
 	f.ix.MarkSynced()
 	return f
 }
@@ -130,25 +130,25 @@ func TestDecide(t *testing.T) {
 		{"archived", old, nil, 401, ReasonArchived},
 		{"not expired yet", soon, nil, 200, ReasonAllowed},
 	} {
-		v := f.d.Decide(cred(tc.k), tc.required)
+		v := f.d.Decide(cred(tc.k), tc.required, f.now)
 		if v.Code != tc.code || v.Reason != tc.reason || v.Allowed != (tc.code == 200) {
 			t.Errorf("%s: %d %s (%s), want %d %s", tc.name, v.Code, v.Reason, v.Message, tc.code, tc.reason)
 		}
 	}
 	// Expiry is checked at request time, not when the controller notices.
 	f.now = f.now.Add(time.Minute)
-	if v := f.d.Decide(cred(soon), nil); v.Reason != ReasonExpired || v.Code != 401 {
+	if v := f.d.Decide(cred(soon), nil, f.now); v.Reason != ReasonExpired || v.Code != 401 {
 		t.Errorf("expired key: %d %s", v.Code, v.Reason)
 	}
 	// An archived key's state is only told to whoever holds its secret.
-	if v := f.d.Decide(Credentials{ID: old.ID, Secret: stranger.Secret}, nil); v.Reason != ReasonInvalidKey {
+	if v := f.d.Decide(Credentials{ID: old.ID, Secret: stranger.Secret}, nil, f.now); v.Reason != ReasonInvalidKey {
 		t.Errorf("archived key with a wrong secret: %s", v.Reason)
 	}
 }
 
 func TestNotReadyUntilSynced(t *testing.T) {
-	d := &Decider{Index: index.New(), Now: time.Now}
-	if v := d.Decide(Credentials{Reason: ReasonMissingKey}, nil); v.Code != 503 || v.Reason != ReasonNotReady {
+	d := &Decider{Index: index.New()}
+	if v := d.Decide(Credentials{Reason: ReasonMissingKey}, nil, time.Now()); v.Code != 503 || v.Reason != ReasonNotReady {
 		t.Fatalf("before sync: %d %s", v.Code, v.Reason)
 	}
 }

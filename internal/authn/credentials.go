@@ -32,6 +32,19 @@ type Headers interface {
 	Get(canonical string) string
 }
 
+// HTTPHeader reads a net/http server request's headers, whose names the
+// server has already made canonical, by direct lookup: http.Header.Get
+// would canonicalise every name again on the hot path.
+type HTTPHeader map[string][]string
+
+// Get returns the first value of a header given its canonical name.
+func (h HTTPHeader) Get(canonical string) string {
+	if v := h[canonical]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
 // QueryParams are the query parameters that may carry a key.
 var QueryParams = [...]string{"_auth_key", "_api_auth"}
 

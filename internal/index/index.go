@@ -5,6 +5,7 @@ package index
 
 import (
 	"hash/maphash"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,22 +18,38 @@ import (
 
 // Entry is one verifiable key. Entries are immutable once published: a
 // change publishes a new Entry, so a reader never sees half an update.
+// Entries are kept small (the endpoint holds one per key, 100,000 and more).
 type Entry struct {
 	KeyID string
 	Sum   keys.Sum
 	// Key is the ApiKey's namespace/name.
-	Key             string
-	Namespace, Name string
-	Scopes          []string
+	Key string
+	// Scopes are shared by every entry with the same scopes.
+	Scopes []string
 	// IDHeader, KeyHeader and ScopesHeaderV are the identity header values
 	// (key ID, namespace/name, scopes joined by ","), built once so that
 	// answering a check allocates nothing.
 	IDHeader, KeyHeader, ScopesHeaderV []string
-	// Archived: the ApiKey is archived, being deleted, or its record revoked.
+	// Archived: the ApiKey is archived or its record revoked.
 	Archived bool
-	// ExpiresAt (ApiKey spec.expiresAt) and RevokesAt (end of a rotation's
-	// grace period) are checked at request time; zero means never.
-	ExpiresAt, RevokesAt time.Time
+	// expiresAt (ApiKey spec.expiresAt) and revokesAt (end of a rotation's
+	// grace period), Unix nanoseconds, 0 for never.
+	expiresAt, revokesAt int64
+}
+
+// ExpiredAt reports whether the key no longer works at now: expiry and the
+// end of a grace period are judged at request time, so a late controller
+// cannot extend a key.
+func (e *Entry) ExpiredAt(now time.Time) bool {
+	n := now.UnixNano()
+	return e.expiresAt != 0 && n >= e.expiresAt || e.revokesAt != 0 && n >= e.revokesAt
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }
 
 // ApiKey is what the index needs of an ApiKey.
@@ -55,6 +72,25 @@ type Record struct {
 	Revoked bool
 }
 
+// recordedKey is a Key with its digest parsed: 32 bytes, not 71 characters.
+type recordedKey struct {
+	id        string
+	sum       keys.Sum
+	revokesAt time.Time
+}
+
+// state is all the index holds for one ApiKey.
+type state struct {
+	apiKey *ApiKey
+	// scopesHeader is apiKey.Scopes joined, shared by the ApiKey's entries.
+	scopesHeader []string
+	hasRecord    bool
+	revoked      bool
+	keys         []recordedKey
+	// published are the key IDs of the entries now in the shards.
+	published []string
+}
+
 const shardCount = 64
 
 type shard struct {
@@ -68,10 +104,10 @@ type Index struct {
 	seed   maphash.Seed
 	shards [shardCount]shard
 
-	mu      sync.Mutex // serialises writers; guards the maps below
-	apiKeys map[types.NamespacedName]ApiKey
-	records map[types.NamespacedName]Record
-	ids     map[types.NamespacedName][]string
+	mu     sync.Mutex // serialises writers; guards states and scopeSets
+	states map[types.NamespacedName]*state
+	// scopeSets interns scope lists: keys with the same scopes share them.
+	scopeSets map[string]*scopeSet
 
 	synced atomic.Bool
 	size   atomic.Int64
@@ -79,12 +115,7 @@ type Index struct {
 
 // New returns an empty index.
 func New() *Index {
-	ix := &Index{
-		seed:    maphash.MakeSeed(),
-		apiKeys: map[types.NamespacedName]ApiKey{},
-		records: map[types.NamespacedName]Record{},
-		ids:     map[types.NamespacedName][]string{},
-	}
+	ix := &Index{seed: maphash.MakeSeed(), states: map[types.NamespacedName]*state{}, scopeSets: map[string]*scopeSet{}}
 	for i := range ix.shards {
 		ix.shards[i].m = map[string]*Entry{}
 	}
@@ -118,67 +149,120 @@ func (ix *Index) MarkSynced() { ix.synced.Store(true) }
 func (ix *Index) SetApiKey(nn types.NamespacedName, k *ApiKey) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	if k == nil {
-		delete(ix.apiKeys, nn)
-	} else {
-		ix.apiKeys[nn] = *k
+	st := ix.state(nn)
+	st.apiKey = k
+	if k != nil {
+		set := ix.intern(k.Scopes)
+		k.Scopes, st.scopesHeader = set.scopes, set.header
 	}
-	ix.rebuild(nn)
+	ix.rebuild(nn, st)
 }
 
 // SetRecord records an ApiKeyRecord; nil removes it.
 func (ix *Index) SetRecord(nn types.NamespacedName, r *Record) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	if r == nil {
-		delete(ix.records, nn)
-	} else {
-		ix.records[nn] = *r
+	st := ix.state(nn)
+	st.hasRecord, st.revoked, st.keys = r != nil, false, nil
+	if r != nil {
+		st.revoked = r.Revoked
+		st.keys = make([]recordedKey, 0, len(r.Keys))
+		for _, k := range r.Keys {
+			sum, err := keys.ParseDigest(k.Digest)
+			if err != nil || !keys.ValidID(k.ID) {
+				continue // the CRD's validation keeps these out; never verify garbage
+			}
+			st.keys = append(st.keys, recordedKey{id: k.ID, sum: sum, revokesAt: k.RevokesAt})
+		}
 	}
-	ix.rebuild(nn)
+	ix.rebuild(nn, st)
+}
+
+// Retain removes the ApiKeys (apiKeys true) or records (false) of namespace
+// ("" for all) that are not in keep: a relist after a lost watch reports
+// only what exists.
+func (ix *Index) Retain(apiKeys bool, namespace string, keep map[types.NamespacedName]bool) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	for nn, st := range ix.states {
+		if keep[nn] || namespace != "" && nn.Namespace != namespace {
+			continue
+		}
+		if apiKeys && st.apiKey != nil {
+			st.apiKey, st.scopesHeader = nil, nil
+			ix.rebuild(nn, st)
+		} else if !apiKeys && st.hasRecord {
+			st.hasRecord, st.revoked, st.keys = false, false, nil
+			ix.rebuild(nn, st)
+		}
+	}
+}
+
+// scopeSet is one interned list of scopes.
+type scopeSet struct {
+	scopes []string
+	header []string
+}
+
+// intern returns the shared copy of a scope list. Sets no key uses any more
+// stay: there are few distinct ones.
+func (ix *Index) intern(scopes []string) *scopeSet {
+	joined := strings.Join(scopes, ",")
+	if set, ok := ix.scopeSets[joined]; ok {
+		return set
+	}
+	set := &scopeSet{scopes: slices.Clone(scopes), header: []string{joined}}
+	ix.scopeSets[joined] = set
+	return set
+}
+
+func (ix *Index) state(nn types.NamespacedName) *state {
+	st := ix.states[nn]
+	if st == nil {
+		st = &state{}
+		ix.states[nn] = st
+	}
+	return st
 }
 
 // rebuild publishes the entries of one ApiKey: one per recorded key, only
 // while both the ApiKey and its record exist.
-func (ix *Index) rebuild(nn types.NamespacedName) {
-	for _, id := range ix.ids[nn] {
+func (ix *Index) rebuild(nn types.NamespacedName, st *state) {
+	for _, id := range st.published {
 		s := ix.shard(id)
 		s.mu.Lock()
-		if e := s.m[id]; e != nil && e.Namespace == nn.Namespace && e.Name == nn.Name {
+		if e := s.m[id]; e != nil && e.Key == nn.Namespace+"/"+nn.Name {
 			delete(s.m, id)
 			ix.size.Add(-1)
 		}
 		s.mu.Unlock()
 	}
-	delete(ix.ids, nn)
-	ak, okK := ix.apiKeys[nn]
-	rec, okR := ix.records[nn]
-	if !okK || !okR {
+	st.published = nil
+	if st.apiKey == nil && !st.hasRecord {
+		delete(ix.states, nn)
 		return
 	}
-	ids := make([]string, 0, len(rec.Keys))
-	header := strings.Join(ak.Scopes, ",")
-	for _, k := range rec.Keys {
-		sum, err := keys.ParseDigest(k.Digest)
-		if err != nil || !keys.ValidID(k.ID) {
-			continue // the CRD's validation keeps these out; never verify garbage
-		}
+	if st.apiKey == nil || !st.hasRecord {
+		return
+	}
+	ak := st.apiKey
+	full := nn.Namespace + "/" + nn.Name
+	keyHeader := []string{full}
+	st.published = make([]string, 0, len(st.keys))
+	for _, k := range st.keys {
 		e := &Entry{
-			KeyID: k.ID, Sum: sum,
-			Key: nn.Namespace + "/" + nn.Name, Namespace: nn.Namespace, Name: nn.Name,
-			Scopes: ak.Scopes, IDHeader: []string{k.ID},
-			KeyHeader: []string{nn.Namespace + "/" + nn.Name}, ScopesHeaderV: []string{header},
-			Archived:  ak.Archived || rec.Revoked,
-			ExpiresAt: ak.ExpiresAt, RevokesAt: k.RevokesAt,
+			KeyID: k.id, Sum: k.sum, Key: full,
+			Scopes: ak.Scopes, IDHeader: []string{k.id}, KeyHeader: keyHeader, ScopesHeaderV: st.scopesHeader,
+			Archived:  ak.Archived || st.revoked,
+			expiresAt: unixNano(ak.ExpiresAt), revokesAt: unixNano(k.revokesAt),
 		}
-		s := ix.shard(k.ID)
+		s := ix.shard(k.id)
 		s.mu.Lock()
-		if _, dup := s.m[k.ID]; !dup {
+		if _, dup := s.m[k.id]; !dup {
 			ix.size.Add(1)
 		}
-		s.m[k.ID] = e
+		s.m[k.id] = e
 		s.mu.Unlock()
-		ids = append(ids, k.ID)
+		st.published = append(st.published, k.id)
 	}
-	ix.ids[nn] = ids
 }

@@ -3,14 +3,15 @@ package index
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
+	"k8s.io/apimachinery/pkg/watch"
 	toolscache "k8s.io/client-go/tools/cache"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kw "keyward.dev/keyward/api/v1alpha1"
@@ -22,56 +23,100 @@ import (
 
 // Watch feeds the index from the API server until ctx is done. It returns
 // once both watches have delivered their initial lists, or with an error.
-// The informers keep retrying if the API server goes away; the index keeps
-// serving what it has.
+// Reflectors write straight into the index, which is the only copy the
+// endpoint keeps (no informer cache beside it). They keep retrying if the API
+// server goes away; the index keeps serving what it has.
 func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...string) error {
 	s := runtime.NewScheme()
 	if err := kw.AddToScheme(s); err != nil {
 		return err
 	}
-	opts := cache.Options{
-		Scheme: s,
-		ByObject: map[client.Object]cache.ByObject{
-			&kw.ApiKey{}:       {Transform: slimApiKey},
-			&kw.ApiKeyRecord{}: {Transform: slimRecord},
-		},
-	}
-	if len(namespaces) > 0 {
-		opts.DefaultNamespaces = map[string]cache.Config{}
-		for _, ns := range namespaces {
-			opts.DefaultNamespaces[ns] = cache.Config{}
-		}
-	}
-	c, err := cache.New(cfg, opts)
+	wc, err := client.NewWithWatch(cfg, client.Options{Scheme: s})
 	if err != nil {
 		return fmt.Errorf("watch keys: %w", err)
 	}
-	for obj, h := range map[client.Object]toolscache.ResourceEventHandlerFuncs{
-		&kw.ApiKey{}: {
-			AddFunc:    func(o any) { onApiKey(ix, o) },
-			UpdateFunc: func(_, o any) { onApiKey(ix, o) },
-			DeleteFunc: func(o any) { ix.SetApiKey(nameOf(o), nil) },
-		},
-		&kw.ApiKeyRecord{}: {
-			AddFunc:    func(o any) { onRecord(ix, o) },
-			UpdateFunc: func(_, o any) { onRecord(ix, o) },
-			DeleteFunc: func(o any) { ix.SetRecord(nameOf(o), nil) },
-		},
-	} {
-		inf, err := c.GetInformer(ctx, obj)
-		if err != nil {
-			return fmt.Errorf("watch %T: %w", obj, err)
-		}
-		if _, err := inf.AddEventHandler(h); err != nil {
-			return err
+	if len(namespaces) == 0 {
+		namespaces = []string{metav1.NamespaceAll}
+	}
+	var pending []*indexStore
+	for _, ns := range namespaces {
+		for _, kind := range []struct {
+			obj     client.Object
+			list    func() client.ObjectList
+			apiKeys bool
+		}{
+			{&kw.ApiKey{}, func() client.ObjectList { return &kw.ApiKeyList{} }, true},
+			{&kw.ApiKeyRecord{}, func() client.ObjectList { return &kw.ApiKeyRecordList{} }, false},
+		} {
+			st := &indexStore{ix: ix, apiKeys: kind.apiKeys, namespace: ns, synced: make(chan struct{})}
+			lw := &toolscache.ListWatch{
+				ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+					l := kind.list()
+					return l, wc.List(ctx, l, &client.ListOptions{Raw: &o, Namespace: ns})
+				},
+				WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+					return wc.Watch(ctx, kind.list(), &client.ListOptions{Raw: &o, Namespace: ns})
+				},
+			}
+			r := toolscache.NewReflectorWithOptions(lw, kind.obj, st, toolscache.ReflectorOptions{
+				Name: fmt.Sprintf("keyward index %T %s", kind.obj, ns),
+			})
+			go r.RunWithContext(ctx)
+			pending = append(pending, st)
 		}
 	}
-	go func() { _ = c.Start(ctx) }()
-	if !c.WaitForCacheSync(ctx) {
-		return fmt.Errorf("watch keys: initial list did not complete: %w", context.Cause(ctx))
+	for _, st := range pending {
+		select {
+		case <-st.synced:
+		case <-ctx.Done():
+			return fmt.Errorf("watch keys: initial list did not complete: %w", context.Cause(ctx))
+		}
 	}
 	ix.MarkSynced()
 	return nil
+}
+
+// indexStore is what a reflector writes into: it turns objects into index
+// updates and keeps nothing of its own.
+type indexStore struct {
+	ix        *Index
+	apiKeys   bool
+	namespace string
+	synced    chan struct{}
+	once      sync.Once
+}
+
+func (s *indexStore) Add(o any) error    { s.set(o); return nil }
+func (s *indexStore) Update(o any) error { s.set(o); return nil }
+func (s *indexStore) Resync() error      { return nil }
+
+func (s *indexStore) Delete(o any) error {
+	if s.apiKeys {
+		s.ix.SetApiKey(nameOf(o), nil)
+	} else {
+		s.ix.SetRecord(nameOf(o), nil)
+	}
+	return nil
+}
+
+// Replace takes a full list: what it holds is set, what it lacks is gone.
+func (s *indexStore) Replace(list []any, _ string) error {
+	keep := make(map[types.NamespacedName]bool, len(list))
+	for _, o := range list {
+		s.set(o)
+		keep[nameOf(o)] = true
+	}
+	s.ix.Retain(s.apiKeys, s.namespace, keep)
+	s.once.Do(func() { close(s.synced) })
+	return nil
+}
+
+func (s *indexStore) set(o any) {
+	if s.apiKeys {
+		onApiKey(s.ix, o)
+	} else {
+		onRecord(s.ix, o)
+	}
 }
 
 func nameOf(o any) types.NamespacedName {
@@ -120,29 +165,3 @@ func onRecord(ix *Index, o any) {
 	ix.SetRecord(types.NamespacedName{Namespace: r.Namespace, Name: r.Name}, rec)
 }
 
-// slimApiKey keeps only what the index reads, so 100,000 cached ApiKeys
-// stay small.
-func slimApiKey(o any) (any, error) {
-	k, ok := o.(*kw.ApiKey)
-	if !ok {
-		return o, nil
-	}
-	return &kw.ApiKey{ObjectMeta: slimMeta(k.ObjectMeta), Spec: kw.ApiKeySpec{
-		Scopes: k.Spec.Scopes, Archived: k.Spec.Archived, ExpiresAt: k.Spec.ExpiresAt,
-	}}, nil
-}
-
-func slimRecord(o any) (any, error) {
-	r, ok := o.(*kw.ApiKeyRecord)
-	if !ok {
-		return o, nil
-	}
-	return &kw.ApiKeyRecord{ObjectMeta: slimMeta(r.ObjectMeta), Spec: r.Spec}, nil
-}
-
-func slimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
-	return metav1.ObjectMeta{
-		Name: m.Name, Namespace: m.Namespace, UID: m.UID,
-		ResourceVersion: m.ResourceVersion, DeletionTimestamp: m.DeletionTimestamp,
-	}
-}

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"hash/crc32"
 	"io"
+	"unsafe"
 )
 
 const (
@@ -107,14 +108,24 @@ func (k Key) String() string { return "key " + k.ID }
 func (k Key) GoString() string { return k.String() }
 
 func checksum(body string) string {
-	sum := crc32.ChecksumIEEE([]byte(body))
+	c := checksumOf(body)
+	return string(c[:])
+}
+
+// checksumOf encodes the CRC-32 of body without allocating.
+func checksumOf(body string) [checksumLen]byte {
+	sum := crc32.ChecksumIEEE(bytesOf(body))
 	var out [checksumLen]byte
 	for i := checksumLen - 1; i >= 0; i-- {
 		out[i] = alphabet[sum%62]
 		sum /= 62
 	}
-	return string(out[:])
+	return out
 }
+
+// bytesOf views a string as bytes without copying, for hash functions that
+// only read their input.
+func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 // Parse splits a token into its key ID and secret, refusing anything that is
 // not exactly a well-formed token with a valid checksum.
@@ -132,7 +143,7 @@ func Parse(token string) (id, secret string, err error) {
 	if !IsBase62(id) || !IsBase62(secret) || !IsBase62(sum) {
 		return "", "", ErrMalformed
 	}
-	if checksum(token[:idEnd+1+SecretLen]) != sum {
+	if c := checksumOf(token[:idEnd+1+SecretLen]); string(c[:]) != sum {
 		return "", "", ErrChecksum
 	}
 	return id, secret, nil
@@ -180,6 +191,6 @@ func ParseDigest(d string) (Sum, error) {
 
 // Matches reports, in constant time, whether secret hashes to s.
 func (s Sum) Matches(secret string) bool {
-	got := sha256.Sum256([]byte(secret))
+	got := sha256.Sum256(bytesOf(secret))
 	return subtle.ConstantTimeCompare(got[:], s[:]) == 1
 }

@@ -60,7 +60,7 @@ func (a *Authorization) Check(_ context.Context, req *authv3.CheckRequest) (*aut
 	if sc := headers["x-keyward-required-scopes"]; sc != "" {
 		required = append(required, sc)
 	}
-	v := s.Decider.Decide(authn.Extract(headers, rawQuery, s.AllowQueryKeys), required)
+	v := s.Decider.Decide(authn.Extract(headers, rawQuery, s.AllowQueryKeys), required, start)
 	s.Metrics.Observe(v, start)
 	return checkResponse(v, s.StripCredentials), nil
 }

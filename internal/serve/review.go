@@ -135,7 +135,7 @@ func (s *Server) review(w http.ResponseWriter, r *http.Request) {
 		q[k] = append(q[k], vs...)
 	}
 	required := append(authn.Scopes(nil), req.RequiredScopes...)
-	v := s.Decider.Decide(authn.Extract(h, q.Encode(), s.AllowQueryKeys), required)
+	v := s.Decider.Decide(authn.Extract(h, q.Encode(), s.AllowQueryKeys), required, start)
 	resp := &ReviewResponse{UID: req.UID, Allowed: v.Allowed,
 		Status: ReviewStatus{Code: v.Code, Reason: v.Reason, Message: v.Message}}
 	if v.Entry != nil {

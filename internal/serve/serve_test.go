@@ -8,7 +8,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
@@ -34,7 +33,7 @@ func newServer(t testing.TB) (*Server, keys.Key, keys.Key) {
 	reader := add("reader", index.ApiKey{Scopes: []string{"occupancy:read", "agents:activate"}})
 	old := add("old", index.ApiKey{Scopes: []string{"a"}, Archived: true})
 	ix.MarkSynced()
-	return &Server{Decider: &authn.Decider{Index: ix, Now: time.Now}, AllowQueryKeys: true, StripCredentials: true}, reader, old
+	return &Server{Decider: &authn.Decider{Index: ix}, AllowQueryKeys: true, StripCredentials: true}, reader, old
 }
 
 func TestForwardAuth(t *testing.T) {
@@ -71,8 +70,16 @@ func TestForwardAuth(t *testing.T) {
 				Reason  string `json:"reason"`
 				Message string `json:"message"`
 			}
-			if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
+			if w.Code == 200 {
+				// An allow is its status and identity headers; no body.
+				if w.Body.Len() != 0 {
+					t.Fatalf("allow with a body %q", w.Body)
+				}
+				body.Allowed, body.Reason = true, "allowed"
+			} else if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
 				t.Fatalf("body %q is not JSON: %v", w.Body, err)
+			} else if w.Header().Get(HeaderReason) != body.Reason {
+				t.Errorf("X-Keyward-Reason %q, body reason %q", w.Header().Get(HeaderReason), body.Reason)
 			}
 			if w.Code != tc.code || body.Reason != tc.reason || body.Allowed != (tc.code == 200) {
 				t.Fatalf("%d %+v, want %d %s", w.Code, body, tc.code, tc.reason)

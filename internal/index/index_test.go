@@ -1,0 +1,161 @@
+package index
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"keyward.dev/keyward/internal/keys"
+)
+
+func key(t *testing.T) keys.Key {
+	k, err := keys.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func TestEntryNeedsBothApiKeyAndRecord(t *testing.T) {
+	ix := New()
+	nn := types.NamespacedName{Namespace: "team-a", Name: "reader"}
+	k := key(t)
+	ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
+	if ix.Lookup(k.ID) != nil {
+		t.Fatal("a record without its ApiKey verifies")
+	}
+	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a:read", "b:write"}})
+	e := ix.Lookup(k.ID)
+	if e == nil || e.Key != "team-a/reader" || e.ScopesHeaderV[0] != "a:read,b:write" || !e.Sum.Matches(k.Secret) || ix.Len() != 1 {
+		t.Fatalf("entry %+v, len %d", e, ix.Len())
+	}
+	ix.SetApiKey(nn, nil) // deleted: revoked at once
+	if ix.Lookup(k.ID) != nil || ix.Len() != 0 {
+		t.Fatal("a deleted ApiKey's key still verifies")
+	}
+}
+
+func TestRevokedRecordAndArchivedApiKeyMarkEntries(t *testing.T) {
+	ix := New()
+	nn := types.NamespacedName{Namespace: "ns", Name: "k"}
+	k := key(t)
+	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}})
+	ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}, Revoked: true})
+	if e := ix.Lookup(k.ID); e == nil || !e.Archived {
+		t.Fatal("revoked record not archived")
+	}
+	ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
+	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}, Archived: true})
+	if e := ix.Lookup(k.ID); e == nil || !e.Archived {
+		t.Fatal("archived ApiKey not archived")
+	}
+}
+
+func TestRotationKeepsBothKeysUntilTheGraceEnds(t *testing.T) {
+	ix := New()
+	nn := types.NamespacedName{Namespace: "ns", Name: "k"}
+	old, cur := key(t), key(t)
+	end := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}})
+	ix.SetRecord(nn, &Record{Keys: []Key{{ID: cur.ID, Digest: cur.Digest()}, {ID: old.ID, Digest: old.Digest(), RevokesAt: end}}})
+	if ix.Len() != 2 {
+		t.Fatalf("%d entries", ix.Len())
+	}
+	o := ix.Lookup(old.ID)
+	if o.ExpiredAt(end.Add(-time.Second)) || !o.ExpiredAt(end) || ix.Lookup(cur.ID).ExpiredAt(end.Add(time.Hour)) {
+		t.Fatal("grace period not judged at request time")
+	}
+	// The rotation finishes: the old key leaves the record.
+	ix.SetRecord(nn, &Record{Keys: []Key{{ID: cur.ID, Digest: cur.Digest()}}})
+	if ix.Lookup(old.ID) != nil || ix.Len() != 1 {
+		t.Fatal("old key still there")
+	}
+}
+
+func TestGarbageRecordsNeverVerify(t *testing.T) {
+	ix := New()
+	nn := types.NamespacedName{Namespace: "ns", Name: "k"}
+	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}})
+	ix.SetRecord(nn, &Record{Keys: []Key{{ID: "short", Digest: "sha256:00"}, {ID: "AAAAAAAAAAAAAAAA", Digest: "md5:x"}}})
+	if ix.Len() != 0 {
+		t.Fatal("malformed record entries were published")
+	}
+}
+
+func TestRetainDropsWhatARelistNoLongerHas(t *testing.T) {
+	ix := New()
+	a, b := types.NamespacedName{Namespace: "x", Name: "a"}, types.NamespacedName{Namespace: "y", Name: "b"}
+	ka, kb := key(t), key(t)
+	for nn, k := range map[types.NamespacedName]keys.Key{a: ka, b: kb} {
+		ix.SetApiKey(nn, &ApiKey{Scopes: []string{"s"}})
+		ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
+	}
+	ix.Retain(true, "x", map[types.NamespacedName]bool{})
+	if ix.Lookup(ka.ID) != nil || ix.Lookup(kb.ID) == nil {
+		t.Fatal("Retain for namespace x did not drop only x's ApiKey")
+	}
+	if s1, s2 := ix.Lookup(kb.ID).Scopes, ix.states[a]; s2 == nil || &s1[0] == nil {
+		t.Fatal("state lost")
+	}
+}
+
+func TestScopesAreShared(t *testing.T) {
+	ix := New()
+	var ids []string
+	for _, n := range []string{"a", "b"} {
+		k := key(t)
+		nn := types.NamespacedName{Namespace: "ns", Name: n}
+		ix.SetApiKey(nn, &ApiKey{Scopes: []string{"x:read", "y:write"}})
+		ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
+		ids = append(ids, k.ID)
+	}
+	if &ix.Lookup(ids[0]).Scopes[0] != &ix.Lookup(ids[1]).Scopes[0] {
+		t.Fatal("identical scope lists are not shared")
+	}
+}
+
+// TestLookupsDuringUpdates runs lookups while keys are added and removed;
+// with -race it proves readers never see a half-built entry.
+func TestLookupsDuringUpdates(t *testing.T) {
+	ix := New()
+	ks := make([]keys.Key, 200)
+	for i := range ks {
+		ks[i] = key(t)
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for _, k := range ks {
+					if e := ix.Lookup(k.ID); e != nil && !e.Sum.Matches(k.Secret) {
+						t.Error("entry with a foreign digest")
+						return
+					}
+				}
+			}
+		}()
+	}
+	for round := range 20 {
+		for i, k := range ks {
+			nn := types.NamespacedName{Namespace: "ns", Name: k.ID}
+			if (i+round)%2 == 0 {
+				ix.SetApiKey(nn, &ApiKey{Scopes: []string{"s"}})
+				ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
+			} else {
+				ix.SetApiKey(nn, nil)
+			}
+		}
+	}
+	close(stop)
+	wg.Wait()
+}

@@ -1,0 +1,444 @@
+// Command bench is `make bench`: it measures the auth endpoint against a
+// no-op baseline in the same run, on a real API server.
+//
+//  1. Revocation: with 10,000 keys loaded, archive 200 keys one by one and
+//     time each from the API server accepting the patch to the first 401.
+//  2. With 100,000 keys loaded: the endpoint's resident memory; forward-auth
+//     throughput and p99 latency under wrk, against a no-op HTTP server;
+//     gRPC Check throughput against a no-op ext_authz server.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/controllers"
+	"keyward.dev/keyward/internal/keys"
+	"keyward.dev/keyward/internal/testenv"
+)
+
+var (
+	keysTotal   = flag.Int("keys", 100000, "keys loaded for the throughput and memory runs")
+	revokeKeys  = flag.Int("revoke-keys", 10000, "keys loaded for the revocation run")
+	revocations = flag.Int("revocations", 200, "archivals timed")
+	duration    = flag.Duration("duration", 10*time.Second, "length of each load run")
+	conns       = flag.Int("connections", 32, "concurrent connections of each load run")
+	bin         = flag.String("bin", "bin", "folder with keyward and bench-noop")
+)
+
+func main() {
+	flag.Parse()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type result struct{ name, value, note string }
+
+var results []result
+
+func report(name, value, note string) {
+	results = append(results, result{name, value, note})
+	fmt.Printf("   %-46s %-18s %s\n", name, value, note)
+}
+
+func run() error {
+	say("starting the API server")
+	env, cfg, err := testenv.Start()
+	if err != nil {
+		return err
+	}
+	defer env.Stop()
+	cfg.QPS, cfg.Burst = -1, 1000
+	c, err := client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
+	if err != nil {
+		return err
+	}
+	user, err := env.AddUser(envtest.User{Name: "bench", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return err
+	}
+	kc, _ := user.KubeConfig()
+	dir, _ := os.MkdirTemp("", "keyward-bench")
+	defer os.RemoveAll(dir)
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		return err
+	}
+
+	ctx := context.Background()
+	say("creating %d keys", *revokeKeys)
+	tokens, err := createKeys(ctx, c, "bench", 0, *revokeKeys)
+	if err != nil {
+		return err
+	}
+	authn, err := start(filepath.Join(*bin, "keyward"), "authn", "--kubeconfig", kubeconfig,
+		"--http-address", "127.0.0.1:8180", "--grpc-address", "127.0.0.1:8181",
+		"--metrics-bind-address", "127.0.0.1:8090", "--health-probe-bind-address", "127.0.0.1:8091")
+	if err != nil {
+		return err
+	}
+	defer stop(authn)
+	if err := waitReady("http://127.0.0.1:8091/readyz", *revokeKeys, tokens[len(tokens)-1]); err != nil {
+		return err
+	}
+
+	say("revocation: %d archivals with %d keys loaded", *revocations, *revokeKeys)
+	if err := revocation(ctx, c, tokens); err != nil {
+		return err
+	}
+
+	say("creating %d more keys", *keysTotal-*revokeKeys)
+	more, err := createKeys(ctx, c, "bench", *revokeKeys, *keysTotal)
+	if err != nil {
+		return err
+	}
+	tokens = append(tokens[*revocations:], more...)
+	if err := waitReady("http://127.0.0.1:8091/readyz", *keysTotal, more[len(more)-1]); err != nil {
+		return err
+	}
+	settle()
+	report("endpoint memory with keys loaded", fmt.Sprintf("%.1f MiB RSS", rssMiB(authn.Process.Pid)),
+		fmt.Sprintf("%d keys; Go heap in use %.1f MiB; target ≤ 150 MiB", *keysTotal, heapInUseMiB("http://127.0.0.1:8090/metrics")))
+
+	noop, err := start(filepath.Join(*bin, "bench-noop"))
+	if err != nil {
+		return err
+	}
+	defer stop(noop)
+	time.Sleep(300 * time.Millisecond)
+
+	tokFile := filepath.Join(dir, "tokens")
+	sample := tokens[:min(len(tokens), 10000)]
+	if err := os.WriteFile(tokFile, []byte(strings.Join(sample, "\n")+"\n"), 0o600); err != nil {
+		return err
+	}
+	say("forward auth under wrk: %d connections, %s a run, baseline and keyward alternately", *conns, *duration)
+	var base, kwr []wrkResult
+	for range 2 {
+		b, err := wrk("http://127.0.0.1:9180", tokFile)
+		if err != nil {
+			return err
+		}
+		k, err := wrk("http://127.0.0.1:8180", tokFile)
+		if err != nil {
+			return err
+		}
+		base, kwr = append(base, b), append(kwr, k)
+	}
+	bb, kb := best(base), best(kwr)
+	report("no-op HTTP server", fmt.Sprintf("%.0f req/s", bb.rps), "p99 "+bb.p99)
+	report("keyward forward auth", fmt.Sprintf("%.0f req/s", kb.rps), fmt.Sprintf("p99 %s; %d keys, every request verified", kb.p99, *keysTotal))
+	report("forward auth / no-op", fmt.Sprintf("%.1f%%", 100*kb.rps/bb.rps), "target ≥ 80%")
+	if kb.non2xx > 0 {
+		return fmt.Errorf("keyward answered %d requests with other than 200", kb.non2xx)
+	}
+
+	say("gRPC Check: %d concurrent callers, %s a run", *conns, *duration)
+	var gb, gk []float64
+	for range 2 {
+		b, err := grpcLoad("127.0.0.1:9181", sample)
+		if err != nil {
+			return err
+		}
+		k, err := grpcLoad("127.0.0.1:8181", sample)
+		if err != nil {
+			return err
+		}
+		gb, gk = append(gb, b), append(gk, k)
+	}
+	report("no-op ext_authz server", fmt.Sprintf("%.0f checks/s", slices.Max(gb)), "")
+	report("keyward ext_authz Check", fmt.Sprintf("%.0f checks/s", slices.Max(gk)), "")
+	report("gRPC Check / no-op", fmt.Sprintf("%.1f%%", 100*slices.Max(gk)/slices.Max(gb)), "target ≥ 70%")
+	report("endpoint peak memory", fmt.Sprintf("%.1f MiB", hwmMiB(authn.Process.Pid)), "VmHWM after all runs")
+
+	fmt.Println("\n| measure | result | note |\n|---|---|---|")
+	for _, r := range results {
+		fmt.Printf("| %s | %s | %s |\n", r.name, r.value, r.note)
+	}
+	return nil
+}
+
+func say(format string, args ...any) { fmt.Printf(">> "+format+"\n", args...) }
+
+// createKeys creates ApiKeys with records directly (no controller: the
+// bench measures the endpoint), from index from to to, and returns tokens.
+func createKeys(ctx context.Context, c client.Client, ns string, from, to int) ([]string, error) {
+	if from == 0 {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			return nil, err
+		}
+	}
+	tokens := make([]string, to-from)
+	var next atomic.Int64
+	next.Store(int64(from))
+	var wg sync.WaitGroup
+	errs := make(chan error, 1)
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= to {
+					return
+				}
+				k, _ := keys.Generate()
+				name := fmt.Sprintf("k%06d", i)
+				ak := &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+					Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"bench:read", "bench:write"}}}
+				rec := &kw.ApiKeyRecord{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+					Spec: kw.ApiKeyRecordSpec{Keys: []kw.RecordedKey{{KeyID: k.ID, Digest: k.Digest(), IssuedAt: metav1.Now()}}}}
+				for _, o := range []client.Object{ak, rec} {
+					if err := c.Create(ctx, o); err != nil {
+						select {
+						case errs <- err:
+						default:
+						}
+						return
+					}
+				}
+				tokens[i-from] = k.Token()
+				if n := i + 1; n%20000 == 0 {
+					say("   %d keys", n)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return nil, err
+	default:
+	}
+	return tokens, nil
+}
+
+func start(path string, args ...string) (*exec.Cmd, error) {
+	cmd := exec.Command(path, args...)
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w (run 'make bench', which builds it)", path, err)
+	}
+	return cmd, nil
+}
+
+func stop(cmd *exec.Cmd) { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }
+
+// waitReady waits for readiness and for the last key created to verify.
+func waitReady(readyz string, n int, last string) error {
+	deadline := time.Now().Add(5 * time.Minute)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(readyz); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 && check(last) == 200 {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("the endpoint did not load %d keys in 5 minutes", n)
+}
+
+var httpc = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+
+func check(token string) int {
+	req, _ := http.NewRequest("GET", "http://127.0.0.1:8180/authn", nil)
+	req.Header.Set("x-api-key", token)
+	resp, err := httpc.Do(req)
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func revocation(ctx context.Context, c client.Client, tokens []string) error {
+	lat := make([]time.Duration, 0, *revocations)
+	for i := range *revocations {
+		key := &kw.ApiKey{}
+		if err := c.Get(ctx, client.ObjectKey{Namespace: "bench", Name: fmt.Sprintf("k%06d", i)}, key); err != nil {
+			return err
+		}
+		if code := check(tokens[i]); code != 200 {
+			return fmt.Errorf("key %d does not verify before archival: %d", i, code)
+		}
+		patch := client.MergeFrom(key.DeepCopy())
+		key.Spec.Archived = true
+		if err := c.Patch(ctx, key, patch); err != nil {
+			return err
+		}
+		start := time.Now()
+		for check(tokens[i]) != 401 {
+			if time.Since(start) > 10*time.Second {
+				return fmt.Errorf("key %d still verifies 10s after archival", i)
+			}
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	report("revocation latency p50", lat[len(lat)/2].Round(10*time.Microsecond).String(),
+		fmt.Sprintf("%d archivals, %d keys loaded", *revocations, *revokeKeys))
+	report("revocation latency p99", lat[len(lat)*99/100].Round(10*time.Microsecond).String(), "target < 100ms")
+	return nil
+}
+
+type wrkResult struct {
+	rps    float64
+	p99    string
+	non2xx int
+}
+
+var (
+	rpsRe    = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	p99Re    = regexp.MustCompile(`\s99%\s+(\S+)`)
+	non2xxRe = regexp.MustCompile(`Non-2xx or 3xx responses:\s+(\d+)`)
+)
+
+func wrk(url, tokFile string) (wrkResult, error) {
+	cmd := exec.Command("wrk", "-t1", fmt.Sprintf("-c%d", *conns), "-d"+duration.String(), "--latency",
+		"-s", filepath.Join("test", "bench", "tokens.lua"), url)
+	cmd.Env = append(os.Environ(), "KW_TOKENS="+tokFile)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return wrkResult{}, fmt.Errorf("wrk: %w\n%s", err, out)
+	}
+	var r wrkResult
+	m := rpsRe.FindSubmatch(out)
+	if m == nil {
+		return r, fmt.Errorf("no Requests/sec in wrk's output:\n%s", out)
+	}
+	r.rps, _ = strconv.ParseFloat(string(m[1]), 64)
+	if m := p99Re.FindSubmatch(out); m != nil {
+		r.p99 = string(m[1])
+	}
+	if m := non2xxRe.FindSubmatch(out); m != nil {
+		r.non2xx, _ = strconv.Atoi(string(m[1]))
+	}
+	return r, nil
+}
+
+func best(rs []wrkResult) wrkResult {
+	b := rs[0]
+	for _, r := range rs[1:] {
+		if r.rps > b.rps {
+			b = r
+		}
+	}
+	return b
+}
+
+// grpcLoad calls Check from conns goroutines over 4 connections for the
+// run's duration and returns checks per second.
+func grpcLoad(addr string, tokens []string) (float64, error) {
+	var clients []authv3.AuthorizationClient
+	for range 4 {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return 0, err
+		}
+		defer conn.Close()
+		clients = append(clients, authv3.NewAuthorizationClient(conn))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *duration)
+	defer cancel()
+	var n, failed atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for w := range *conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := clients[w%len(clients)]
+			for i := w; ctx.Err() == nil; i++ {
+				req := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+					Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+						Method: "GET", Path: "/v1/bench", Headers: map[string]string{"x-api-key": tokens[i%len(tokens)]},
+					}},
+					ContextExtensions: map[string]string{"scopes": "bench:read"},
+				}}
+				resp, err := c.Check(ctx, req)
+				if ctx.Err() != nil {
+					return
+				}
+				if err != nil || resp.GetStatus().GetCode() != 0 {
+					if failed.Add(1) == 1 {
+						firstErr.Store(fmt.Sprintf("%v %v", err, resp.GetStatus()))
+					}
+					continue
+				}
+				n.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		return 0, fmt.Errorf("%d checks against %s failed or were denied; the first: %v", f, addr, firstErr.Load())
+	}
+	return float64(n.Load()) / duration.Seconds(), nil
+}
+
+func procStatus(pid int, field string) float64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if strings.HasPrefix(s.Text(), field+":") {
+			kb, _ := strconv.Atoi(strings.Fields(s.Text())[1])
+			return float64(kb) / 1024
+		}
+	}
+	return 0
+}
+
+// heapInUseMiB reads go_memstats_heap_inuse_bytes from a metrics endpoint.
+func heapInUseMiB(url string) float64 {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	s := bufio.NewScanner(resp.Body)
+	for s.Scan() {
+		if f := strings.Fields(s.Text()); len(f) == 2 && f[0] == "go_memstats_heap_inuse_bytes" {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v / (1 << 20)
+		}
+	}
+	return 0
+}
+
+func rssMiB(pid int) float64 { return procStatus(pid, "VmRSS") }
+func hwmMiB(pid int) float64 { return procStatus(pid, "VmHWM") }
+
+// settle gives the endpoint a moment after loading before its memory is
+// read.
+func settle() { time.Sleep(3 * time.Second) }

@@ -1,0 +1,40 @@
+// Command noop is the baseline of `make bench`: an HTTP server whose handler
+// does nothing, and a gRPC ext_authz server that allows everything, so
+// keyward's throughput is read as a ratio against the cheapest possible
+// answer on the same machine in the same run.
+package main
+
+import (
+	"context"
+	"flag"
+	"log"
+	"net"
+	"net/http"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+)
+
+type allowAll struct{ authv3.UnimplementedAuthorizationServer }
+
+func (allowAll) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return &authv3.CheckResponse{Status: &rpcstatus.Status{}}, nil
+}
+
+func main() {
+	httpAddr := flag.String("http-address", "127.0.0.1:9180", "")
+	grpcAddr := flag.String("grpc-address", "127.0.0.1:9181", "")
+	flag.Parse()
+	l, err := net.Listen("tcp", *grpcAddr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(gs, allowAll{})
+	go func() { log.Fatal(gs.Serve(l)) }()
+	srv := &http.Server{Addr: *httpAddr, ReadHeaderTimeout: 5 * time.Second,
+		Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})}
+	log.Fatal(srv.ListenAndServe())
+}
