@@ -17,7 +17,9 @@ import (
 	"google.golang.org/grpc"
 )
 
-type allowAll struct{ authv3.UnimplementedAuthorizationServer }
+type allowAll struct {
+	authv3.UnimplementedAuthorizationServer
+}
 
 func (allowAll) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	return &authv3.CheckResponse{Status: &rpcstatus.Status{}}, nil
