@@ -81,15 +81,18 @@ type recordedKey struct {
 
 // state is all the index holds for one ApiKey.
 type state struct {
-	apiKey *ApiKey
+	apiKey    ApiKey
+	hasApiKey bool
 	// scopesHeader is apiKey.Scopes joined, shared by the ApiKey's entries.
 	scopesHeader []string
 	hasRecord    bool
 	revoked      bool
-	keys         []recordedKey
-	// published are the key IDs of the entries now in the shards.
-	published []string
+	// keys are the recorded keys; while both the ApiKey and the record
+	// exist, each has an entry in the shards.
+	keys []recordedKey
 }
+
+func (st *state) published() bool { return st.hasApiKey && st.hasRecord }
 
 const shardCount = 64
 
@@ -150,10 +153,12 @@ func (ix *Index) SetApiKey(nn types.NamespacedName, k *ApiKey) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	st := ix.state(nn)
-	st.apiKey = k
+	ix.unpublish(st)
+	st.hasApiKey, st.apiKey, st.scopesHeader = k != nil, ApiKey{}, nil
 	if k != nil {
 		set := ix.intern(k.Scopes)
-		k.Scopes, st.scopesHeader = set.scopes, set.header
+		st.apiKey, st.scopesHeader = *k, set.header
+		st.apiKey.Scopes = set.scopes
 	}
 	ix.rebuild(nn, st)
 }
@@ -163,6 +168,7 @@ func (ix *Index) SetRecord(nn types.NamespacedName, r *Record) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	st := ix.state(nn)
+	ix.unpublish(st)
 	st.hasRecord, st.revoked, st.keys = r != nil, false, nil
 	if r != nil {
 		st.revoked = r.Revoked
@@ -188,10 +194,12 @@ func (ix *Index) Retain(apiKeys bool, namespace string, keep map[types.Namespace
 		if keep[nn] || namespace != "" && nn.Namespace != namespace {
 			continue
 		}
-		if apiKeys && st.apiKey != nil {
-			st.apiKey, st.scopesHeader = nil, nil
+		if apiKeys && st.hasApiKey {
+			ix.unpublish(st)
+			st.hasApiKey, st.apiKey, st.scopesHeader = false, ApiKey{}, nil
 			ix.rebuild(nn, st)
 		} else if !apiKeys && st.hasRecord {
+			ix.unpublish(st)
 			st.hasRecord, st.revoked, st.keys = false, false, nil
 			ix.rebuild(nn, st)
 		}
@@ -225,30 +233,36 @@ func (ix *Index) state(nn types.NamespacedName) *state {
 	return st
 }
 
-// rebuild publishes the entries of one ApiKey: one per recorded key, only
-// while both the ApiKey and its record exist.
-func (ix *Index) rebuild(nn types.NamespacedName, st *state) {
-	for _, id := range st.published {
-		s := ix.shard(id)
+// unpublish removes the entries of one ApiKey from the shards; call it
+// before changing the state they were built from.
+func (ix *Index) unpublish(st *state) {
+	if !st.published() {
+		return
+	}
+	for _, k := range st.keys {
+		s := ix.shard(k.id)
 		s.mu.Lock()
-		if e := s.m[id]; e != nil && e.Key == nn.Namespace+"/"+nn.Name {
-			delete(s.m, id)
+		if _, ok := s.m[k.id]; ok {
+			delete(s.m, k.id)
 			ix.size.Add(-1)
 		}
 		s.mu.Unlock()
 	}
-	st.published = nil
-	if st.apiKey == nil && !st.hasRecord {
+}
+
+// rebuild publishes the entries of one ApiKey: one per recorded key, only
+// while both the ApiKey and its record exist.
+func (ix *Index) rebuild(nn types.NamespacedName, st *state) {
+	if !st.hasApiKey && !st.hasRecord {
 		delete(ix.states, nn)
 		return
 	}
-	if st.apiKey == nil || !st.hasRecord {
+	if !st.published() {
 		return
 	}
-	ak := st.apiKey
+	ak := &st.apiKey
 	full := nn.Namespace + "/" + nn.Name
 	keyHeader := []string{full}
-	st.published = make([]string, 0, len(st.keys))
 	for _, k := range st.keys {
 		e := &Entry{
 			KeyID: k.id, Sum: k.sum, Key: full,
@@ -263,6 +277,5 @@ func (ix *Index) rebuild(nn types.NamespacedName, st *state) {
 		}
 		s.m[k.id] = e
 		s.mu.Unlock()
-		st.published = append(st.published, k.id)
 	}
 }

@@ -225,6 +225,21 @@ func TestNginxGateway(t *testing.T) {
 		}
 	})
 
+	t.Run("metrics count decisions by reason", func(t *testing.T) {
+		resp, err := http.Get("http://127.0.0.1:8080/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, want := range []string{`keyward_authn_decisions_total{reason="allowed"}`, `keyward_authn_decisions_total{reason="insufficient_scope"}`,
+			"keyward_authn_decision_duration_seconds_bucket"} {
+			if !strings.Contains(string(b), want) {
+				t.Errorf("/metrics lacks %s", want)
+			}
+		}
+	})
+
 	t.Run("kubectl patch archived turns the next requests into 401 within a second", func(t *testing.T) {
 		s.mustKubectl(t, "-n", "keyward-demo", "patch", "apikey", "occupancy-reader", "--type", "merge", "-p", `{"spec":{"archived":true}}`)
 		start := time.Now()
