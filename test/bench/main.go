@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -256,7 +257,9 @@ func start(path string, args ...string) (*exec.Cmd, error) {
 	return cmd, nil
 }
 
-func stop(cmd *exec.Cmd) { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }
+// stop ends a server with SIGTERM: a process started from a background job
+// inherits SIGINT ignored.
+func stop(cmd *exec.Cmd) { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }
 
 // waitReady waits for readiness and for the last key created to verify.
 func waitReady(readyz string, n int, last string) error {

@@ -34,6 +34,7 @@ type system struct {
 	out        *testenv.Buffer
 	c          client.Client
 	bin        string
+	exited     chan struct{}
 }
 
 func buildKeyward(t *testing.T) string {
@@ -71,9 +72,11 @@ func startDev(t *testing.T, bin string) *system {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if s.cmd.ProcessState == nil {
+		select {
+		case <-s.exited:
+		default:
 			_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-			_ = s.cmd.Wait()
+			<-s.exited
 		}
 		if t.Failed() {
 			t.Logf("keyward dev said:\n%s", s.out.String())
@@ -82,8 +85,16 @@ func startDev(t *testing.T, bin string) *system {
 			}
 		}
 	})
+	exited := make(chan struct{})
+	go func() { _ = s.cmd.Wait(); close(exited) }()
+	s.exited = exited
 	deadline := time.Now().Add(90 * time.Second)
 	for !strings.Contains(s.out.String(), "keyward is running") {
+		select {
+		case <-exited:
+			t.Fatalf("keyward dev exited:\n%s", s.out.String())
+		default:
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("keyward dev did not come up in 90s:\n%s", s.out.String())
 		}
@@ -223,12 +234,10 @@ func TestDevTourWithKubectl(t *testing.T) {
 		if err := s.cmd.Process.Signal(os.Interrupt); err != nil {
 			t.Fatal(err)
 		}
-		done := make(chan error, 1)
-		go func() { done <- s.cmd.Wait() }()
 		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatalf("keyward dev exited with %v", err)
+		case <-s.exited:
+			if !s.cmd.ProcessState.Success() {
+				t.Fatalf("keyward dev exited with %v", s.cmd.ProcessState)
 			}
 		case <-time.After(30 * time.Second):
 			t.Fatal("keyward dev did not stop within 30s of Ctrl-C")
