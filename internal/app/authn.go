@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -29,7 +30,9 @@ type AuthnOptions struct {
 	// shares the controller's).
 	MetricsAddr, HealthAddr string
 	AllowQueryKeys          bool
-	StripCredentials        bool
+	// Pprof serves /debug/pprof/ beside /metrics (for profiling under load).
+	Pprof            bool
+	StripCredentials bool
 	// Namespaces limits the watch (tests); empty watches all.
 	Namespaces []string
 	Logger     logr.Logger
@@ -95,6 +98,10 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 	if o.MetricsAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(ctrlmetrics.Registry, promhttp.HandlerOpts{}))
+		if o.Pprof {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		}
 		if err := listen(o.MetricsAddr, mux); err != nil {
 			return err
 		}

@@ -120,10 +120,9 @@ func (s *Server) write(w http.ResponseWriter, v authn.Verdict) {
 		h[HeaderKeyID] = e.IDHeader
 		h[HeaderKey] = e.KeyHeader
 		h[HeaderScopes] = e.ScopesHeaderV
-		// No body: the status and identity headers are the answer, and every
-		// byte more is paid on each request by the gateway too.
-		h["Content-Length"] = zeroLength
-		w.WriteHeader(http.StatusOK)
+		// No body and no explicit WriteHeader: net/http answers 200 with
+		// Content-Length: 0 itself, and every byte or header more is paid on
+		// each request by the gateway too.
 		return
 	}
 	h["Content-Type"] = jsonType
@@ -137,7 +136,6 @@ func (s *Server) write(w http.ResponseWriter, v authn.Verdict) {
 
 var (
 	jsonType   = []string{"application/json"}
-	zeroLength = []string{"0"}
 	wwwMissing = []string{`Bearer realm="keyward"`}
 	wwwInvalid = []string{`Bearer realm="keyward", error="invalid_token"`}
 )

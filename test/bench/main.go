@@ -48,6 +48,7 @@ var (
 	duration    = flag.Duration("duration", 10*time.Second, "length of each load run")
 	conns       = flag.Int("connections", 32, "concurrent connections of each load run")
 	bin         = flag.String("bin", "bin", "folder with keyward and bench-noop")
+	profile     = flag.String("profile", "", "write a CPU profile of the endpoint during its first wrk run here")
 )
 
 func main() {
@@ -104,7 +105,7 @@ func run() error {
 	}
 	authn, err := start(filepath.Join(*bin, "keyward"), "authn", "--kubeconfig", kubeconfig,
 		"--http-address", "127.0.0.1:8180", "--grpc-address", "127.0.0.1:8181",
-		"--metrics-bind-address", "127.0.0.1:8090", "--health-probe-bind-address", "127.0.0.1:8091")
+		"--metrics-bind-address", "127.0.0.1:8090", "--health-probe-bind-address", "127.0.0.1:8091", "--pprof")
 	if err != nil {
 		return err
 	}
@@ -150,7 +151,17 @@ func run() error {
 		if err != nil {
 			return err
 		}
+		var prof chan error
+		if *profile != "" && len(kwr) == 0 {
+			prof = make(chan error, 1)
+			go func() { prof <- fetch("http://127.0.0.1:8090/debug/pprof/profile?seconds=5", *profile) }()
+		}
 		k, err := wrk("http://127.0.0.1:8180", tokFile)
+		if prof != nil {
+			if perr := <-prof; perr != nil {
+				return perr
+			}
+		}
 		if err != nil {
 			return err
 		}
@@ -187,6 +198,21 @@ func run() error {
 		fmt.Printf("| %s | %s | %s |\n", r.name, r.value, r.note)
 	}
 	return nil
+}
+
+func fetch(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
 }
 
 func say(format string, args ...any) { fmt.Printf(">> "+format+"\n", args...) }
