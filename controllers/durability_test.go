@@ -236,17 +236,7 @@ func TestRestoreFromSpecAlone(t *testing.T) {
 	rec := get(t, ns, "phoenix", &kw.ApiKeyRecord{})
 	m.stop()
 
-	// The cluster is lost.
-	ctx := context.Background()
-	patch := client.MergeFrom(key.DeepCopy())
-	controllerutil.RemoveFinalizer(key, kw.Finalizer)
-	for _, err := range []error{
-		k8s.Patch(ctx, key, patch), k8s.Delete(ctx, key), k8s.Delete(ctx, sec), k8s.Delete(ctx, rec),
-	} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	loseCluster(t, key, sec, rec)
 
 	// The restore: metadata without UID, owners or versions; no status.
 	restoreMeta := func(o metav1.ObjectMeta) metav1.ObjectMeta {
@@ -289,17 +279,7 @@ func TestRestoredSecretAloneIsAdopted(t *testing.T) {
 	key := waitReason(t, ns, "half", kw.ReasonIssued)
 	sec := get(t, ns, "half-apikey", &corev1.Secret{})
 	m.stop()
-	ctx := context.Background()
-	patch := client.MergeFrom(key.DeepCopy())
-	controllerutil.RemoveFinalizer(key, kw.Finalizer)
-	for _, err := range []error{
-		k8s.Patch(ctx, key, patch), k8s.Delete(ctx, key), k8s.Delete(ctx, sec),
-		k8s.Delete(ctx, &kw.ApiKeyRecord{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "half"}}),
-	} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	loseCluster(t, key, sec, &kw.ApiKeyRecord{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "half"}})
 	create(t, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: sec.Name, Labels: sec.Labels, Annotations: sec.Annotations},
 		Type:       sec.Type, Data: sec.Data,
@@ -310,4 +290,21 @@ func TestRestoredSecretAloneIsAdopted(t *testing.T) {
 		t.Fatalf("key %s, was %s", got.Status.KeyID, key.Status.KeyID)
 	}
 	verifies(t, get(t, ns, "half", &kw.ApiKeyRecord{}), get(t, ns, "half-apikey", &corev1.Secret{}))
+}
+
+// loseCluster deletes an ApiKey (with no controller running to revoke it)
+// and the objects given, as losing the cluster before a restore would.
+func loseCluster(t *testing.T, key *kw.ApiKey, objs ...client.Object) {
+	t.Helper()
+	ctx := context.Background()
+	patch := client.MergeFrom(key.DeepCopy())
+	controllerutil.RemoveFinalizer(key, kw.Finalizer)
+	if err := k8s.Patch(ctx, key, patch); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range append([]client.Object{key}, objs...) {
+		if err := k8s.Delete(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -26,7 +27,7 @@ func TestControllerWorksWithItsGeneratedRole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytesReader(data), 4096)
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
 	role := &rbacv1.ClusterRole{}
 	if err := dec.Decode(role); err != nil || role.Name != "keyward-controller" {
 		t.Fatalf("first document of role.yaml: %v %q", err, role.Name)

@@ -1,7 +1,6 @@
 package controllers
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"fmt"
@@ -321,8 +320,6 @@ func listEvents(t testing.TB, ns string) []eventsv1.Event {
 	}
 	return list.Items
 }
-
-func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 
 // countLines counts the log lines that mention both a and b.
 func countLines(text, a, b string) int {

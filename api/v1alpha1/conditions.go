@@ -13,8 +13,6 @@ const (
 	ReasonSecretMissing  = "SecretMissing"
 	ReasonArchived       = "Archived"
 	ReasonExpired        = "Expired"
-	ReasonIssueFailed    = "IssueFailed"
-	ReasonRecordConflict = "RecordConflict"
 )
 
 // Labels and annotations keyward puts on what it writes.

@@ -9,8 +9,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
 	kw "keyward.dev/keyward/api/v1alpha1"
@@ -20,18 +20,8 @@ import (
 var c client.Client
 
 func TestMain(m *testing.M) {
-	env, cfg, err := testenv.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	s := runtime.NewScheme()
-	_ = kw.AddToScheme(s)
-	c, err = client.New(cfg, client.Options{Scheme: s})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
+	var env *envtest.Environment
+	env, _, c = testenv.StartWithClient()
 	code := m.Run()
 	_ = env.Stop()
 	os.Exit(code)

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
 
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -72,30 +73,36 @@ func controller(ctx context.Context, args []string) error {
 	fs.StringVar(&o.HealthAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "elect one active controller among replicas")
 	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader lease (default: the pod's)")
-	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster, or $KUBECONFIG)")
-	v := verbosityFlag(fs)
+	connect := clusterFlags(fs)
 	_ = fs.Parse(args)
 	if o.EndpointURL == "" {
 		return fmt.Errorf("--endpoint-url is required: the gateway URL clients send their keys to")
 	}
-	o.Logger = logging.New(os.Stderr, *v)
-	ctrl.SetLogger(o.Logger)
-	cfg, err := restConfig(*kubeconfig)
+	log, cfg, err := connect()
 	if err != nil {
 		return err
 	}
+	o.Logger = log
 	return app.RunController(ctx, cfg, o)
 }
 
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig != "" {
-		os.Setenv("KUBECONFIG", kubeconfig)
+// clusterFlags adds --kubeconfig and -v to a mode that talks to a cluster;
+// after parsing, the returned function sets up logging and finds the cluster.
+func clusterFlags(fs *flag.FlagSet) func() (logr.Logger, *rest.Config, error) {
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster, or $KUBECONFIG)")
+	v := verbosityFlag(fs)
+	return func() (logr.Logger, *rest.Config, error) {
+		log := logging.New(os.Stderr, *v)
+		ctrl.SetLogger(log)
+		if *kubeconfig != "" {
+			os.Setenv("KUBECONFIG", *kubeconfig)
+		}
+		cfg, err := config.GetConfig()
+		if err != nil {
+			return log, nil, fmt.Errorf("find the cluster: %w", err)
+		}
+		return log, cfg, nil
 	}
-	cfg, err := config.GetConfig()
-	if err != nil {
-		return nil, fmt.Errorf("find the cluster: %w", err)
-	}
-	return cfg, nil
 }
 
 func dev(ctx context.Context, args []string) error {
@@ -121,14 +128,12 @@ func authnMode(ctx context.Context, args []string) error {
 	fs.BoolVar(&o.AllowQueryKeys, "allow-query-keys", true, "accept keys in the query string (_auth_key, _api_auth); answers carry a Warning")
 	fs.BoolVar(&o.Pprof, "pprof", false, "serve /debug/pprof/ on the metrics address")
 	fs.BoolVar(&o.StripCredentials, "strip-credentials", true, "ask Envoy (gRPC ext_authz) to remove the key before the request goes upstream")
-	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster, or $KUBECONFIG)")
-	v := verbosityFlag(fs)
+	connect := clusterFlags(fs)
 	_ = fs.Parse(args)
-	o.Logger = logging.New(os.Stderr, *v)
-	ctrl.SetLogger(o.Logger)
-	cfg, err := restConfig(*kubeconfig)
+	log, cfg, err := connect()
 	if err != nil {
 		return err
 	}
+	o.Logger = log
 	return app.RunAuthn(ctx, cfg, o)
 }

@@ -36,17 +36,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	var err error
-	env, cfg, err = testenv.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
+	env, cfg, k8s = testenv.StartWithClient()
 	code := m.Run()
 	_ = env.Stop()
 	os.Exit(code)

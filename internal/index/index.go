@@ -153,7 +153,7 @@ func (ix *Index) SetApiKey(nn types.NamespacedName, k *ApiKey) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	st := ix.state(nn)
-	ix.unpublish(st)
+	ix.unpublish(nn, st)
 	st.hasApiKey, st.apiKey, st.scopesHeader = k != nil, ApiKey{}, nil
 	if k != nil {
 		set := ix.intern(k.Scopes)
@@ -168,7 +168,7 @@ func (ix *Index) SetRecord(nn types.NamespacedName, r *Record) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	st := ix.state(nn)
-	ix.unpublish(st)
+	ix.unpublish(nn, st)
 	st.hasRecord, st.revoked, st.keys = r != nil, false, nil
 	if r != nil {
 		st.revoked = r.Revoked
@@ -195,11 +195,11 @@ func (ix *Index) Retain(apiKeys bool, namespace string, keep map[types.Namespace
 			continue
 		}
 		if apiKeys && st.hasApiKey {
-			ix.unpublish(st)
+			ix.unpublish(nn, st)
 			st.hasApiKey, st.apiKey, st.scopesHeader = false, ApiKey{}, nil
 			ix.rebuild(nn, st)
 		} else if !apiKeys && st.hasRecord {
-			ix.unpublish(st)
+			ix.unpublish(nn, st)
 			st.hasRecord, st.revoked, st.keys = false, false, nil
 			ix.rebuild(nn, st)
 		}
@@ -235,14 +235,15 @@ func (ix *Index) state(nn types.NamespacedName) *state {
 
 // unpublish removes the entries of one ApiKey from the shards; call it
 // before changing the state they were built from.
-func (ix *Index) unpublish(st *state) {
+func (ix *Index) unpublish(nn types.NamespacedName, st *state) {
 	if !st.published() {
 		return
 	}
+	full := nn.Namespace + "/" + nn.Name
 	for _, k := range st.keys {
 		s := ix.shard(k.id)
 		s.mu.Lock()
-		if _, ok := s.m[k.id]; ok {
+		if e, ok := s.m[k.id]; ok && e.Key == full {
 			delete(s.m, k.id)
 			ix.size.Add(-1)
 		}

@@ -7,16 +7,21 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
+	goruntime "runtime"
 	"sync"
 
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
 )
 
 // Root is the repository root.
 func Root() string {
-	_, file, _, _ := runtime.Caller(0)
+	_, file, _, _ := goruntime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
@@ -39,6 +44,29 @@ func Start() (*envtest.Environment, *rest.Config, error) {
 		return nil, nil, fmt.Errorf("start control plane: %w", err)
 	}
 	return env, cfg, nil
+}
+
+// StartWithClient is Start plus a client that knows the built-in kinds and
+// keyward's; it exits the test binary when the control plane cannot start.
+func StartWithClient() (*envtest.Environment, *rest.Config, client.Client) {
+	env, cfg, err := Start()
+	if err == nil {
+		var c client.Client
+		if c, err = client.New(cfg, client.Options{Scheme: scheme()}); err == nil {
+			return env, cfg, c
+		}
+		_ = env.Stop()
+	}
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+	return nil, nil, nil
+}
+
+func scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	_ = clientgoscheme.AddToScheme(s)
+	_ = kw.AddToScheme(s)
+	return s
 }
 
 // Buffer is a bytes.Buffer safe for concurrent writers (loggers, processes).
