@@ -77,6 +77,45 @@ type Usage struct {
 	// Denied24h is the number of denied calls in the trailing 24 hours.
 	// +optional
 	Denied24h int64 `json:"denied24h"`
+	// Hours are the calls by hour (UTC), oldest first, counted in the hour
+	// the controller collected them. An hour falls out once it began more
+	// than 24 hours ago, so Last24h and Denied24h never count a call older
+	// than 24 hours and cover at least the last 23.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=25
+	Hours []UsageHour `json:"hours,omitempty"`
+	// Cursors say how much of each auth endpoint replica's counts is
+	// already in Hours, so that no call is counted twice.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=1000
+	Cursors []UsageCursor `json:"cursors,omitempty"`
+}
+
+// UsageHour counts the calls of one hour.
+type UsageHour struct {
+	// Start is the beginning of the hour.
+	Start metav1.Time `json:"start"`
+	// Allowed and Denied count the calls of the hour.
+	Allowed int64 `json:"allowed"`
+	Denied  int64 `json:"denied"`
+}
+
+// UsageCursor is how far one endpoint replica's counts for one key ID are
+// taken in.
+type UsageCursor struct {
+	// Replica identifies one run of one auth endpoint replica.
+	// +kubebuilder:validation:MaxLength=64
+	Replica string `json:"replica"`
+	// +kubebuilder:validation:MaxLength=64
+	KeyID string `json:"keyId"`
+	// Allowed and Denied are the replica's counts taken in so far.
+	Allowed int64 `json:"allowed"`
+	Denied  int64 `json:"denied"`
+	// SeenAt is when the replica last reported; a cursor whose replica is
+	// gone is dropped a day later.
+	SeenAt metav1.Time `json:"seenAt"`
 }
 
 // ApiKeyStatus is keyward's view of the key. Everything in it can be

@@ -9,8 +9,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"keyward.dev/keyward/controllers"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/go-logr/logr"
@@ -73,11 +75,16 @@ func controller(ctx context.Context, args []string) error {
 	fs.StringVar(&o.HealthAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "elect one active controller among replicas")
 	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader lease (default: the pod's)")
+	fs.StringVar(&o.UsageService, "usage-service", "", "namespace/name of the auth endpoint's Service; its replicas' usage (port \"metrics\") goes into each ApiKey's status")
+	usageURLs := fs.String("usage-endpoints", "", "comma-separated metrics base URLs of auth endpoint replicas (instead of --usage-service)")
+	fs.DurationVar(&o.UsageInterval, "usage-interval", controllers.DefaultUsageInterval, "how often usage is collected from the auth endpoint replicas")
+	fs.DurationVar(&o.UsageMinWrite, "usage-min-write-interval", controllers.DefaultUsageMinWrite, "least time between two usage writes of one ApiKey")
 	connect := clusterFlags(fs)
 	_ = fs.Parse(args)
 	if o.EndpointURL == "" {
 		return fmt.Errorf("--endpoint-url is required: the gateway URL clients send their keys to")
 	}
+	o.UsageEndpoints = splitList(*usageURLs)
 	log, cfg, err := connect()
 	if err != nil {
 		return err
@@ -111,9 +118,11 @@ func dev(ctx context.Context, args []string) error {
 	fs.StringVar(&o.Assets, "assets", "bin/controlplane", "folder with etcd, kube-apiserver and kube-controller-manager (make controlplane)")
 	fs.StringVar(&o.Dir, "dir", "bin/dev", "folder for the kubeconfig, the logs and the lock")
 	fs.StringVar(&o.Config, "config", "config", "keyward's config/ tree (CRDs, samples)")
+	usageURLs := fs.String("usage-endpoints", "", "comma-separated metrics base URLs of more auth endpoint replicas to collect usage from")
 	v := verbosityFlag(fs)
 	_ = fs.Parse(args)
 	o.Verbosity = *v
+	o.UsageEndpoints = splitList(*usageURLs)
 	ctrl.SetLogger(logging.New(io.Discard, 0))
 	return app.RunDev(ctx, o)
 }
@@ -128,6 +137,8 @@ func authnMode(ctx context.Context, args []string) error {
 	fs.BoolVar(&o.AllowQueryKeys, "allow-query-keys", true, "accept keys in the query string (_auth_key, _api_auth); answers carry a Warning")
 	fs.BoolVar(&o.Pprof, "pprof", false, "serve /debug/pprof/ on the metrics address")
 	fs.BoolVar(&o.StripCredentials, "strip-credentials", true, "ask Envoy (gRPC ext_authz) to remove the key before the request goes upstream")
+	fs.BoolVar(&o.PerKeyMetrics, "per-key-metrics", true, "export keyward_apikey_checks_total with namespace, name and key_id labels (one series per key and decision); turn off for very many keys")
+	fs.StringVar(&o.Replica, "replica-name", "", "name of this run in usage reports (default: host name and a random suffix)")
 	connect := clusterFlags(fs)
 	_ = fs.Parse(args)
 	log, cfg, err := connect()
@@ -136,4 +147,14 @@ func authnMode(ctx context.Context, args []string) error {
 	}
 	o.Logger = log
 	return app.RunAuthn(ctx, cfg, o)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -2,11 +2,14 @@ package app
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"sync"
 	"time"
 
@@ -20,6 +23,7 @@ import (
 	"keyward.dev/keyward/internal/authn"
 	"keyward.dev/keyward/internal/index"
 	"keyward.dev/keyward/internal/serve"
+	"keyward.dev/keyward/internal/usage"
 )
 
 // AuthnOptions configure the auth endpoint.
@@ -40,6 +44,24 @@ type AuthnOptions struct {
 	Ready func(check func(*http.Request) error)
 	// Index, when set, is used instead of a new one (tests, dev).
 	Index *index.Index
+	// Replica names this run in usage reports (default: host name and a
+	// random suffix, so a restarted replica is a new one).
+	Replica string
+	// PerKeyMetrics exports keyward_apikey_checks_total with one series per
+	// key and decision; large installations may turn it off.
+	PerKeyMetrics bool
+}
+
+// ReplicaName is a name for one run of an endpoint replica: the host (the
+// pod) and a random suffix.
+func ReplicaName() string {
+	host, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	if len(host) > 48 {
+		host = host[:48]
+	}
+	return fmt.Sprintf("%s-%x", host, b)
 }
 
 // The decision metrics are registered once with the process-wide registry
@@ -57,6 +79,16 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 		ix = index.New()
 	}
 	metricsOnce.Do(func() { decisionMetrics = serve.NewMetrics(ctrlmetrics.Registry) })
+	if o.Replica == "" {
+		o.Replica = ReplicaName()
+	}
+	if o.PerKeyMetrics {
+		// One per process: dev mode and tests may run several endpoints.
+		err := ctrlmetrics.Registry.Register(usage.NewMetrics(ix))
+		if are := (prometheus.AlreadyRegisteredError{}); err != nil && !errors.As(err, &are) {
+			return err
+		}
+	}
 	s := &serve.Server{
 		Decider:          &authn.Decider{Index: ix},
 		AllowQueryKeys:   o.AllowQueryKeys,
@@ -98,6 +130,7 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 	if o.MetricsAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(ctrlmetrics.Registry, promhttp.HandlerOpts{}))
+		mux.Handle(usage.Path, usage.Handler(ix, o.Replica))
 		if o.Pprof {
 			mux.HandleFunc("/debug/pprof/", pprof.Index)
 			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

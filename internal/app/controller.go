@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
+	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
@@ -35,6 +37,16 @@ type ControllerOptions struct {
 	AgainInProcess bool
 	// ExtraReadyz are more readiness checks (dev mode: the auth endpoint's).
 	ExtraReadyz map[string]func(*http.Request) error
+	// MetricsHandlers are served beside /metrics (dev mode: /usage of the
+	// in-process auth endpoint).
+	MetricsHandlers map[string]http.Handler
+	// UsageEndpoints (base URLs) or UsageService (namespace/name of the
+	// auth endpoint's Service, port "metrics") find the endpoint replicas
+	// whose usage counts the controller collects; neither turns it off.
+	UsageEndpoints []string
+	UsageService   string
+	// UsageInterval and UsageMinWrite override the collection defaults.
+	UsageInterval, UsageMinWrite time.Duration
 }
 
 // RunController runs the ApiKey controller until ctx is done.
@@ -42,7 +54,7 @@ func RunController(ctx context.Context, cfg *rest.Config, o ControllerOptions) e
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  controllers.NewScheme(),
 		Cache:                   controllers.CacheOptions(),
-		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr},
+		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr, ExtraHandlers: o.MetricsHandlers},
 		HealthProbeBindAddress:  o.HealthAddr,
 		LeaderElection:          o.LeaderElect,
 		LeaderElectionID:        "keyward-controller.keyward.dev",
@@ -64,6 +76,14 @@ func RunController(ctx context.Context, cfg *rest.Config, o ControllerOptions) e
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up ApiKey controller: %w", err)
 	}
+	if endpoints, err := usageEndpoints(mgr, o); err != nil {
+		return err
+	} else if endpoints != nil {
+		if err := mgr.Add(&controllers.UsageCollector{Client: mgr.GetClient(), Endpoints: endpoints,
+			Interval: o.UsageInterval, MinWrite: o.UsageMinWrite, Log: o.Logger.WithName("usage")}); err != nil {
+			return err
+		}
+	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
 	}
@@ -82,4 +102,18 @@ func RunController(ctx context.Context, cfg *rest.Config, o ControllerOptions) e
 		}
 	}
 	return mgr.Start(ctx)
+}
+
+func usageEndpoints(mgr ctrl.Manager, o ControllerOptions) (func(context.Context) ([]string, error), error) {
+	switch {
+	case o.UsageService != "":
+		ns, name, ok := strings.Cut(o.UsageService, "/")
+		if !ok || ns == "" || name == "" {
+			return nil, fmt.Errorf("--usage-service %q: want namespace/name of the auth endpoint's Service", o.UsageService)
+		}
+		return controllers.ServiceEndpoints(mgr.GetAPIReader(), ns, name, "metrics"), nil
+	case len(o.UsageEndpoints) > 0:
+		return controllers.StaticEndpoints(o.UsageEndpoints...), nil
+	}
+	return nil, nil
 }

@@ -27,6 +27,7 @@ import (
 	"keyward.dev/keyward/controllers"
 	"keyward.dev/keyward/internal/index"
 	"keyward.dev/keyward/internal/logging"
+	"keyward.dev/keyward/internal/usage"
 )
 
 // DevOptions configure `keyward dev`.
@@ -41,6 +42,9 @@ type DevOptions struct {
 	Verbosity int
 	// Out receives what a person reads.
 	Out io.Writer
+	// UsageEndpoints are more auth endpoint replicas (metrics base URLs)
+	// whose usage the controller collects besides the in-process one.
+	UsageEndpoints []string
 }
 
 // Default local addresses (DESIGN.md).
@@ -113,12 +117,17 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 	defer cancel()
 	log := logging.New(logFile, o.Verbosity)
 	ix := index.New()
+	replica := ReplicaName()
 	done := make(chan error, 2)
 	go func() {
 		done <- RunController(ctx, admin.Config(), ControllerOptions{
 			EndpointURL: "http://" + DevAuthAddr,
 			MetricsAddr: DevMetricsAddr, HealthAddr: DevHealthAddr,
-			Logger: log.WithName("controller"),
+			// The in-process endpoint's usage report is served beside the
+			// controller's metrics.
+			MetricsHandlers: map[string]http.Handler{usage.Path: usage.Handler(ix, replica)},
+			UsageEndpoints:  append([]string{"http://" + DevMetricsAddr}, o.UsageEndpoints...),
+			Logger:          log.WithName("controller"),
 			ExtraReadyz: map[string]func(*http.Request) error{"authn-index": func(*http.Request) error {
 				if !ix.Synced() {
 					return errors.New("auth endpoint has not loaded the keys yet")
@@ -131,7 +140,7 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 		done <- RunAuthn(ctx, admin.Config(), AuthnOptions{
 			HTTPAddr: DevAuthAddr, GRPCAddr: DevGRPCAddr,
 			AllowQueryKeys: true, StripCredentials: true,
-			Logger: log.WithName("authn"), Index: ix,
+			Logger: log.WithName("authn"), Index: ix, Replica: replica, PerKeyMetrics: true,
 		})
 	}()
 	say("keyward controller and auth endpoint running (log: %s)", logFile.Name())

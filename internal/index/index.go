@@ -35,6 +35,9 @@ type Entry struct {
 	// expiresAt (ApiKey spec.expiresAt) and revokesAt (end of a rotation's
 	// grace period), Unix nanoseconds, 0 for never.
 	expiresAt, revokesAt int64
+	// Usage counts this key's decisions; it outlives republished entries
+	// of the same key, so a change to the ApiKey loses no count.
+	Usage *Usage
 }
 
 // ExpiredAt reports whether the key no longer works at now: expiry and the
@@ -57,6 +60,10 @@ type ApiKey struct {
 	Scopes    []string
 	Archived  bool
 	ExpiresAt time.Time
+}
+
+func (a *ApiKey) equal(b *ApiKey) bool {
+	return a.Archived == b.Archived && a.ExpiresAt.Equal(b.ExpiresAt) && slices.Equal(a.Scopes, b.Scopes)
 }
 
 // Key is what the index needs of one recorded key.
@@ -153,14 +160,17 @@ func (ix *Index) SetApiKey(nn types.NamespacedName, k *ApiKey) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	st := ix.state(nn)
-	ix.unpublish(nn, st)
+	if k != nil && st.hasApiKey && st.apiKey.equal(k) {
+		return // a status or metadata change: nothing the check reads
+	}
+	old := ix.publishedIDs(st)
 	st.hasApiKey, st.apiKey, st.scopesHeader = k != nil, ApiKey{}, nil
 	if k != nil {
 		set := ix.intern(k.Scopes)
 		st.apiKey, st.scopesHeader = *k, set.header
 		st.apiKey.Scopes = set.scopes
 	}
-	ix.rebuild(nn, st)
+	ix.rebuild(nn, st, old)
 }
 
 // SetRecord records an ApiKeyRecord; nil removes it.
@@ -168,7 +178,7 @@ func (ix *Index) SetRecord(nn types.NamespacedName, r *Record) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	st := ix.state(nn)
-	ix.unpublish(nn, st)
+	old := ix.publishedIDs(st)
 	st.hasRecord, st.revoked, st.keys = r != nil, false, nil
 	if r != nil {
 		st.revoked = r.Revoked
@@ -181,7 +191,7 @@ func (ix *Index) SetRecord(nn types.NamespacedName, r *Record) {
 			st.keys = append(st.keys, recordedKey{id: k.ID, sum: sum, revokesAt: k.RevokesAt})
 		}
 	}
-	ix.rebuild(nn, st)
+	ix.rebuild(nn, st, old)
 }
 
 // Retain removes the ApiKeys (apiKeys true) or records (false) of namespace
@@ -195,13 +205,13 @@ func (ix *Index) Retain(apiKeys bool, namespace string, keep map[types.Namespace
 			continue
 		}
 		if apiKeys && st.hasApiKey {
-			ix.unpublish(nn, st)
+			old := ix.publishedIDs(st)
 			st.hasApiKey, st.apiKey, st.scopesHeader = false, ApiKey{}, nil
-			ix.rebuild(nn, st)
+			ix.rebuild(nn, st, old)
 		} else if !apiKeys && st.hasRecord {
-			ix.unpublish(nn, st)
+			old := ix.publishedIDs(st)
 			st.hasRecord, st.revoked, st.keys = false, false, nil
-			ix.rebuild(nn, st)
+			ix.rebuild(nn, st, old)
 		}
 	}
 }
@@ -233,50 +243,84 @@ func (ix *Index) state(nn types.NamespacedName) *state {
 	return st
 }
 
-// unpublish removes the entries of one ApiKey from the shards; call it
-// before changing the state they were built from.
-func (ix *Index) unpublish(nn types.NamespacedName, st *state) {
+// publishedIDs are the key IDs an ApiKey has entries for; call it before
+// changing the state they were built from.
+func (ix *Index) publishedIDs(st *state) []string {
 	if !st.published() {
-		return
+		return nil
 	}
+	ids := make([]string, len(st.keys))
+	for i, k := range st.keys {
+		ids[i] = k.id
+	}
+	return ids
+}
+
+// rebuild publishes the entries of one ApiKey (one per recorded key, only
+// while both the ApiKey and its record exist), then removes those of old
+// that it no longer has. A key that stays is replaced in one step: a
+// concurrent check sees the old entry or the new one, never none.
+func (ix *Index) rebuild(nn types.NamespacedName, st *state, old []string) {
 	full := nn.Namespace + "/" + nn.Name
-	for _, k := range st.keys {
-		s := ix.shard(k.id)
+	var now []string
+	if st.published() {
+		ak := &st.apiKey
+		keyHeader := []string{full}
+		for _, k := range st.keys {
+			e := &Entry{
+				KeyID: k.id, Sum: k.sum, Key: full,
+				Scopes: ak.Scopes, IDHeader: []string{k.id}, KeyHeader: keyHeader, ScopesHeaderV: st.scopesHeader,
+				Archived:  ak.Archived || st.revoked,
+				expiresAt: unixNano(ak.ExpiresAt), revokesAt: unixNano(k.revokesAt),
+			}
+			s := ix.shard(k.id)
+			s.mu.Lock()
+			prev, dup := s.m[k.id]
+			if dup && prev.Key == full {
+				e.Usage = prev.Usage
+			} else {
+				e.Usage = &Usage{}
+			}
+			if !dup {
+				ix.size.Add(1)
+			}
+			s.m[k.id] = e
+			s.mu.Unlock()
+			now = append(now, k.id)
+		}
+	}
+	for _, id := range old {
+		if slices.Contains(now, id) {
+			continue
+		}
+		s := ix.shard(id)
 		s.mu.Lock()
-		if e, ok := s.m[k.id]; ok && e.Key == full {
-			delete(s.m, k.id)
+		if e, ok := s.m[id]; ok && e.Key == full {
+			delete(s.m, id)
 			ix.size.Add(-1)
 		}
 		s.mu.Unlock()
 	}
-}
-
-// rebuild publishes the entries of one ApiKey: one per recorded key, only
-// while both the ApiKey and its record exist.
-func (ix *Index) rebuild(nn types.NamespacedName, st *state) {
 	if !st.hasApiKey && !st.hasRecord {
 		delete(ix.states, nn)
-		return
-	}
-	if !st.published() {
-		return
-	}
-	ak := &st.apiKey
-	full := nn.Namespace + "/" + nn.Name
-	keyHeader := []string{full}
-	for _, k := range st.keys {
-		e := &Entry{
-			KeyID: k.id, Sum: k.sum, Key: full,
-			Scopes: ak.Scopes, IDHeader: []string{k.id}, KeyHeader: keyHeader, ScopesHeaderV: st.scopesHeader,
-			Archived:  ak.Archived || st.revoked,
-			expiresAt: unixNano(ak.ExpiresAt), revokesAt: unixNano(k.revokesAt),
-		}
-		s := ix.shard(k.id)
-		s.mu.Lock()
-		if _, dup := s.m[k.id]; !dup {
-			ix.size.Add(1)
-		}
-		s.m[k.id] = e
-		s.mu.Unlock()
 	}
 }
+
+// Each calls fn with every entry, shard by shard, under the shard's read
+// lock: fn must be quick and must not call back into the index.
+func (ix *Index) Each(fn func(*Entry)) {
+	for i := range ix.shards {
+		s := &ix.shards[i]
+		s.mu.RLock()
+		for _, e := range s.m {
+			fn(e)
+		}
+		s.mu.RUnlock()
+	}
+}
+
+// Namespace and Name are the ApiKey's.
+func (e *Entry) Namespace() string { ns, _, _ := strings.Cut(e.Key, "/"); return ns }
+
+// Name is the ApiKey's name.
+func (e *Entry) Name() string { _, n, _ := strings.Cut(e.Key, "/"); return n }

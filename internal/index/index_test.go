@@ -159,3 +159,68 @@ func TestLookupsDuringUpdates(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// A change to an ApiKey replaces its entries in one step: a check running
+// meanwhile never finds a live key missing, and counts carry over.
+func TestUpdatesNeverHideALiveKeyAndKeepCounts(t *testing.T) {
+	ix := New()
+	nn := types.NamespacedName{Namespace: "team-a", Name: "reader"}
+	k, k2 := key(t), key(t)
+	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}})
+	ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
+	ix.Lookup(k.ID).Usage.Count(Allowed, time.Now())
+
+	stop := make(chan struct{})
+	missing := make(chan int, 1)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				missing <- n
+				return
+			default:
+			}
+			if ix.Lookup(k.ID) == nil {
+				n++
+			}
+		}
+	}()
+	for i := range 2000 {
+		ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a", string(rune('b' + i%2))}})
+		keys := []Key{{ID: k.ID, Digest: k.Digest()}}
+		if i%2 == 0 {
+			keys = append(keys, Key{ID: k2.ID, Digest: k2.Digest()}) // a rotation comes and goes
+		}
+		ix.SetRecord(nn, &Record{Keys: keys})
+	}
+	close(stop)
+	if n := <-missing; n != 0 {
+		t.Fatalf("a live key was missing from %d lookups during updates", n)
+	}
+	if a, _ := ix.Lookup(k.ID).Usage.Totals(); a != 1 {
+		t.Fatalf("the count was lost on republish: %d", a)
+	}
+	if ix.Lookup(k2.ID) != nil || ix.Len() != 1 {
+		t.Fatalf("the dropped key still verifies (len %d)", ix.Len())
+	}
+}
+
+// A change to an ApiKey's status or metadata (usage writes, every minute)
+// does not touch the index.
+func TestUnchangedApiKeyIsNotRepublished(t *testing.T) {
+	ix := New()
+	nn := types.NamespacedName{Namespace: "team-a", Name: "reader"}
+	k := key(t)
+	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}})
+	ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
+	e := ix.Lookup(k.ID)
+	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}})
+	if ix.Lookup(k.ID) != e {
+		t.Fatal("an unchanged ApiKey was republished")
+	}
+	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}, Archived: true})
+	if ix.Lookup(k.ID) == e || !ix.Lookup(k.ID).Archived {
+		t.Fatal("archiving was not published")
+	}
+}

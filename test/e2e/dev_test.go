@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"os"
@@ -61,11 +62,11 @@ func assets(t *testing.T) string {
 
 // startDev runs `keyward dev` until the test ends, and waits until it says
 // it is running.
-func startDev(t *testing.T, bin string) *system {
+func startDev(t *testing.T, bin string, args ...string) *system {
 	t.Helper()
 	s := &system{dir: t.TempDir(), out: &testenv.Buffer{}, bin: bin}
 	s.kubeconfig = filepath.Join(s.dir, "kubeconfig")
-	s.cmd = exec.Command(bin, "dev", "--assets", assets(t), "--dir", s.dir, "--config", filepath.Join(root, "config"))
+	s.cmd = exec.Command(bin, append([]string{"dev", "--assets", assets(t), "--dir", s.dir, "--config", filepath.Join(root, "config")}, args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
@@ -126,6 +127,17 @@ func (s *system) kubectl(t *testing.T, stdin io.Reader, args ...string) (string,
 	cmd.Stdin = stdin
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// secretValue reads one data key of a Secret with kubectl, decoded.
+func (s *system) secretValue(t *testing.T, ns, name, field string) string {
+	t.Helper()
+	out := s.mustKubectl(t, "-n", ns, "get", "secret", name, "-o", "jsonpath={.data."+field+"}")
+	b, err := base64.StdEncoding.DecodeString(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 func (s *system) mustKubectl(t *testing.T, args ...string) string {

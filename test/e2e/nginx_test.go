@@ -28,7 +28,7 @@ http {
   client_body_temp_path {{dir}}/body; proxy_temp_path {{dir}}/proxy;
   fastcgi_temp_path {{dir}}/fastcgi; uwsgi_temp_path {{dir}}/uwsgi; scgi_temp_path {{dir}}/scgi;
 
-  upstream keyward { server 127.0.0.1:8180; keepalive 16; }
+  upstream keyward { {{keyward}} keepalive 16; }
 
   server {
     listen {{listen}};
@@ -78,9 +78,17 @@ func nginxBinary(t *testing.T) string {
 	return ""
 }
 
-// startNginx runs nginx in front of upstream until the test ends.
-func startNginx(t *testing.T, upstream string) string {
+// startNginx runs nginx in front of upstream until the test ends; it asks
+// the auth endpoints at authn (default keyward dev's), round robin.
+func startNginx(t *testing.T, upstream string, authn ...string) string {
 	t.Helper()
+	if len(authn) == 0 {
+		authn = []string{"127.0.0.1:8180"}
+	}
+	servers := ""
+	for _, a := range authn {
+		servers += "server " + a + "; "
+	}
 	dir := t.TempDir()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -88,7 +96,7 @@ func startNginx(t *testing.T, upstream string) string {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	conf := strings.NewReplacer("{{dir}}", dir, "{{listen}}", addr, "{{upstream}}", upstream).Replace(nginxConf)
+	conf := strings.NewReplacer("{{dir}}", dir, "{{listen}}", addr, "{{upstream}}", upstream, "{{keyward}}", servers).Replace(nginxConf)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -161,14 +169,7 @@ func TestNginxGateway(t *testing.T) {
 	s := startDev(t, buildKeyward(t))
 	gw := startNginx(t, startUpstream(t))
 	waitStates(t, s, "keyward-demo", 30*time.Second)
-	secret := func(name, field string) string {
-		out := s.mustKubectl(t, "-n", "keyward-demo", "get", "secret", name, "-o", "jsonpath={.data."+field+"}")
-		b, err := base64.StdEncoding.DecodeString(out)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(b)
-	}
+	secret := func(name, field string) string { return s.secretValue(t, "keyward-demo", name, field) }
 	tok := secret("occupancy-reader-apikey", "token")
 	id, sec := secret("occupancy-reader-apikey", "keyId"), secret("occupancy-reader-apikey", "secret")
 	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(id+":"+sec))

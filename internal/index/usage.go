@@ -1,0 +1,67 @@
+package index
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Outcome is what a check of a known key ended in, for usage counting.
+type Outcome uint8
+
+// The outcomes a known key's check can have.
+const (
+	Allowed Outcome = iota
+	WrongSecret
+	Archived
+	Expired
+	InsufficientScope
+	numOutcomes
+)
+
+// OutcomeNames are the outcomes as metrics and the usage report name them
+// (the reasons of the verdicts).
+var OutcomeNames = [numOutcomes]string{"allowed", "invalid_key", "archived", "expired", "insufficient_scope"}
+
+// Usage counts one key's checks since this endpoint started: a few atomic
+// adds on the hot path, read by the usage report and the metrics.
+type Usage struct {
+	n        [numOutcomes]atomic.Uint64
+	lastUsed atomic.Int64 // Unix nanoseconds of the last allowed check
+}
+
+// Count records one check at now.
+func (u *Usage) Count(o Outcome, now time.Time) {
+	u.n[o].Add(1)
+	if o == Allowed {
+		u.lastUsed.Store(now.UnixNano())
+	}
+}
+
+// Counts returns the number of checks by outcome.
+func (u *Usage) Counts() (c [numOutcomes]uint64) {
+	for i := range u.n {
+		c[i] = u.n[i].Load()
+	}
+	return c
+}
+
+// Totals returns allowed and denied checks.
+func (u *Usage) Totals() (allowed, denied uint64) {
+	c := u.Counts()
+	for i, n := range c {
+		if Outcome(i) == Allowed {
+			allowed += n
+		} else {
+			denied += n
+		}
+	}
+	return allowed, denied
+}
+
+// LastUsed is the time of the last allowed check, zero if none.
+func (u *Usage) LastUsed() time.Time {
+	if n := u.lastUsed.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}

@@ -1,0 +1,120 @@
+package usage
+
+import (
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
+)
+
+// Bucket is the size of one usage bucket.
+const Bucket = time.Hour
+
+// Window is how far back the usage figures reach.
+const Window = 24 * time.Hour
+
+// Observation is what one replica reported of one key ID.
+type Observation struct {
+	Replica string
+	KeyCount
+}
+
+// Fold takes the reports' totals for one ApiKey into its usage at now: the
+// increase since each (replica, key ID) cursor goes into the hour of now,
+// the cursors move, hours that began more than Window ago fall out, and
+// the figures are summed again. live names the replicas that answered this
+// round; a cursor of any other replica is dropped a Window after it last
+// moved. A nil live (not every replica answered) drops no cursor. Fold is pure: the same inputs give the same status, so a retried
+// write never counts twice (the cursors travel with the counts).
+func Fold(old *kw.Usage, lastUsed *metav1.Time, obs []Observation, live map[string]bool, now time.Time) (*kw.Usage, *metav1.Time) {
+	u := &kw.Usage{}
+	if old != nil {
+		u = old.DeepCopy()
+	}
+	hour := metav1.NewTime(now.UTC().Truncate(Bucket))
+	for _, o := range obs {
+		var was kw.UsageCursor
+		if c := cursor(u, o.Replica, o.KeyID, false); c != nil {
+			was = *c
+		}
+		allowed, denied := increase(was.Allowed, o.Allowed), increase(was.Denied, o.Denied)
+		if allowed == 0 && denied == 0 {
+			continue
+		}
+		addHour(u, hour, allowed, denied)
+		c := cursor(u, o.Replica, o.KeyID, true)
+		c.Allowed, c.Denied, c.SeenAt = int64(o.Allowed), int64(o.Denied), metav1.NewTime(now.UTC().Truncate(time.Second))
+		if !o.LastUsed.IsZero() && (lastUsed == nil || o.LastUsed.Truncate(time.Second).After(lastUsed.Time)) {
+			lastUsed = &metav1.Time{Time: o.LastUsed.UTC().Truncate(time.Second)}
+		}
+	}
+	since := now.Add(-Window)
+	kept := u.Cursors[:0]
+	for _, c := range u.Cursors {
+		if live == nil || live[c.Replica] || !c.SeenAt.Time.Before(since) {
+			kept = append(kept, c)
+		}
+	}
+	u.Cursors = kept
+	u.Last24h, u.Denied24h = 0, 0
+	hours := u.Hours[:0]
+	for _, h := range u.Hours {
+		if h.Start.Time.Before(since) {
+			continue
+		}
+		hours = append(hours, h)
+		u.Last24h += h.Allowed
+		u.Denied24h += h.Denied
+	}
+	u.Hours = hours
+	if len(u.Hours) == 0 {
+		u.Hours = nil
+	}
+	if len(u.Cursors) == 0 {
+		u.Cursors = nil
+	}
+	return u, lastUsed
+}
+
+// Changed reports whether a fold changed anything worth writing.
+func Changed(old *kw.Usage, oldLast *metav1.Time, u *kw.Usage, last *metav1.Time) bool {
+	if old == nil {
+		old = &kw.Usage{}
+	}
+	return !equality.Semantic.DeepEqual(old, u) || !equality.Semantic.DeepEqual(oldLast, last)
+}
+
+// increase is how much a replica's running total grew since the cursor;
+// a total below the cursor means the count started again (the key left
+// and re-entered the replica's index), and all of it is new.
+func increase(cursor int64, total uint64) int64 {
+	if int64(total) < cursor {
+		return int64(total)
+	}
+	return int64(total) - cursor
+}
+
+// cursor finds the cursor of a replica and key ID, or adds it when add.
+func cursor(u *kw.Usage, replica, keyID string, add bool) *kw.UsageCursor {
+	for i := range u.Cursors {
+		if c := &u.Cursors[i]; c.Replica == replica && c.KeyID == keyID {
+			return c
+		}
+	}
+	if !add {
+		return nil
+	}
+	u.Cursors = append(u.Cursors, kw.UsageCursor{Replica: replica, KeyID: keyID})
+	return &u.Cursors[len(u.Cursors)-1]
+}
+
+func addHour(u *kw.Usage, hour metav1.Time, allowed, denied int64) {
+	if n := len(u.Hours); n > 0 && u.Hours[n-1].Start.Equal(&hour) {
+		u.Hours[n-1].Allowed += allowed
+		u.Hours[n-1].Denied += denied
+		return
+	}
+	u.Hours = append(u.Hours, kw.UsageHour{Start: hour, Allowed: allowed, Denied: denied})
+}
