@@ -49,7 +49,7 @@ var (
 	rounds      = flag.Int("rounds", 5, "rounds of a baseline run followed by a keyward run")
 	conns       = flag.Int("connections", 32, "concurrent connections of each load run")
 	bin         = flag.String("bin", "bin", "folder with keyward and bench-noop")
-	profile     = flag.String("profile", "", "write a CPU profile of the endpoint during its first wrk run here")
+	profile     = flag.String("profile", "", "write CPU profiles of the endpoint and of the baseline during their first wrk runs here (and here.noop)")
 )
 
 func main() {
@@ -133,7 +133,7 @@ func run() error {
 	report("endpoint memory with keys loaded", fmt.Sprintf("%.1f MiB RSS", rssMiB(authn.Process.Pid)),
 		fmt.Sprintf("%d keys; Go heap in use %.1f MiB; target ≤ 150 MiB", *keysTotal, heapInUseMiB("http://127.0.0.1:8090/metrics")))
 
-	noop, err := start(filepath.Join(*bin, "bench-noop"))
+	noop, err := start(filepath.Join(*bin, "bench-noop"), "--pprof-address", "127.0.0.1:9190")
 	if err != nil {
 		return err
 	}
@@ -149,21 +149,16 @@ func run() error {
 	var httpRatios []float64
 	var base, kwr []wrkResult
 	for range *rounds {
-		b, err := wrk("http://127.0.0.1:9180", tokFile)
+		first := *profile != "" && len(kwr) == 0
+		b, err := profiled(first, "http://127.0.0.1:9190", *profile+".noop", func() (wrkResult, error) {
+			return wrk("http://127.0.0.1:9180", tokFile)
+		})
 		if err != nil {
 			return err
 		}
-		var prof chan error
-		if *profile != "" && len(kwr) == 0 {
-			prof = make(chan error, 1)
-			go func() { prof <- fetch("http://127.0.0.1:8090/debug/pprof/profile?seconds=3", *profile) }()
-		}
-		k, err := wrk("http://127.0.0.1:8180", tokFile)
-		if prof != nil {
-			if perr := <-prof; perr != nil {
-				return perr
-			}
-		}
+		k, err := profiled(first, "http://127.0.0.1:8090", *profile, func() (wrkResult, error) {
+			return wrk("http://127.0.0.1:8180", tokFile)
+		})
 		if err != nil {
 			return err
 		}
@@ -202,6 +197,21 @@ func run() error {
 		fmt.Printf("| %s | %s | %s |\n", r.name, r.value, r.note)
 	}
 	return nil
+}
+
+// profiled runs load and, when on, takes a 3 s CPU profile of the server at
+// base meanwhile.
+func profiled(on bool, base, path string, load func() (wrkResult, error)) (wrkResult, error) {
+	if !on {
+		return load()
+	}
+	prof := make(chan error, 1)
+	go func() { prof <- fetch(base+"/debug/pprof/profile?seconds=3", path) }()
+	r, err := load()
+	if perr := <-prof; err == nil {
+		err = perr
+	}
+	return r, err
 }
 
 func fetch(url, path string) error {

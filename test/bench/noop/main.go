@@ -10,6 +10,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	_ "net/http/pprof"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -28,7 +29,11 @@ func (allowAll) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckRespo
 func main() {
 	httpAddr := flag.String("http-address", "127.0.0.1:9180", "")
 	grpcAddr := flag.String("grpc-address", "127.0.0.1:9181", "")
+	pprofAddr := flag.String("pprof-address", "", "serve /debug/pprof/ here (to compare profiles with keyward's)")
 	flag.Parse()
+	if *pprofAddr != "" {
+		go func() { log.Fatal(http.ListenAndServe(*pprofAddr, nil)) }() // net/http/pprof's handlers
+	}
 	l, err := net.Listen("tcp", *grpcAddr)
 	if err != nil {
 		log.Fatal(err)
@@ -36,7 +41,9 @@ func main() {
 	gs := grpc.NewServer()
 	authv3.RegisterAuthorizationServer(gs, allowAll{})
 	go func() { log.Fatal(gs.Serve(l)) }()
-	srv := &http.Server{Addr: *httpAddr, ReadHeaderTimeout: 5 * time.Second,
+	// The same server settings as keyward's endpoint (internal/app), so the
+	// ratio measures keyward's handler and nothing else.
+	srv := &http.Server{Addr: *httpAddr, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute,
 		Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})}
 	log.Fatal(srv.ListenAndServe())
 }
