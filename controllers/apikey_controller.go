@@ -55,6 +55,9 @@ type ApiKeyReconciler struct {
 const (
 	PointSecretWritten = "secret-written"
 	PointRecordWritten = "record-written"
+	// A rotation's writes: the Secret replaced, the record extended.
+	PointRotationSecretWritten = "rotation-secret-written"
+	PointRotationRecordWritten = "rotation-record-written"
 )
 
 // +kubebuilder:rbac:groups=keyward.dev,resources=apikeys,verbs=get;list;watch;patch
@@ -103,7 +106,27 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	if key.Spec.Archived {
 		return ctrl.Result{}, r.archive(ctx, key, rec, sec, v)
 	}
-	return r.expire(key, v), nil
+	if v.conflict || rec == nil {
+		return r.expire(key, v), nil
+	}
+	if rec, err = r.rotate(ctx, key, rec, v); err != nil {
+		return ctrl.Result{}, err
+	}
+	v.record = rec
+	if err := r.pruneRevoked(ctx, key, rec); err != nil {
+		return ctrl.Result{}, err
+	}
+	due, err := r.scheduleRotation(ctx, key, rec)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	result = r.expire(key, v)
+	for _, d := range []time.Duration{due, nextRevocation(rec, r.Clock.Now())} {
+		if d > 0 && (result.RequeueAfter == 0 || d < result.RequeueAfter) {
+			result.RequeueAfter = d
+		}
+	}
+	return result, nil
 }
 
 // verdict is what a reconcile concluded; patchStatus turns it into status.
@@ -227,6 +250,15 @@ func (r *ApiKeyReconciler) patchStatus(ctx context.Context, before, key *kw.ApiK
 	if cur := currentKey(v.record); cur != nil {
 		st.KeyID = cur.KeyID
 		st.IssuedAt = cur.IssuedAt.DeepCopy()
+	}
+	st.PreviousKeys = nil
+	if v.record != nil && !v.record.Spec.Revoked {
+		now := r.Clock.Now()
+		for _, k := range v.record.Spec.Keys[1:] {
+			if k.RevokesAt != nil && k.RevokesAt.After(now) {
+				st.PreviousKeys = append(st.PreviousKeys, kw.PreviousKey{KeyID: k.KeyID, RevokesAt: *k.RevokesAt})
+			}
+		}
 	}
 	if v.record != nil && v.record.Spec.RevokedAt != nil {
 		st.ArchivedAt = v.record.Spec.RevokedAt.DeepCopy()

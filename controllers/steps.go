@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -82,7 +83,7 @@ func (r *ApiKeyReconciler) foreign(key *kw.ApiKey, rec *kw.ApiKeyRecord, sec *co
 		(ref.Kind != "ApiKey" || ref.Name != key.Name) {
 		return fmt.Sprintf("is controlled by %s %q", ref.Kind, ref.Name)
 	}
-	if rec == nil {
+	if rec == nil || rotationInFlight(key, rec, sec) {
 		return ""
 	}
 	id := sec.Annotations[kw.AnnotationKeyID]
@@ -175,7 +176,7 @@ func (r *ApiKeyReconciler) issue(ctx context.Context, key *kw.ApiKey, v *verdict
 			Namespace:   key.Namespace,
 			Name:        key.EffectiveSecretName(),
 			Labels:      map[string]string{kw.LabelManagedBy: kw.ManagedByValue, kw.LabelApiKey: key.Name},
-			Annotations: map[string]string{kw.AnnotationKeyID: k.ID},
+			Annotations: map[string]string{kw.AnnotationKeyID: k.ID, kw.AnnotationGeneration: strconv.FormatInt(key.DesiredGeneration(), 10)},
 		},
 		Type: SecretType,
 		Data: map[string][]byte{
@@ -195,7 +196,7 @@ func (r *ApiKeyReconciler) issue(ctx context.Context, key *kw.ApiKey, v *verdict
 	if r.crash(PointSecretWritten) {
 		return nil, errCrashed
 	}
-	rec, err := r.createRecord(ctx, key, k.ID, k.Digest(), metav1.Now())
+	rec, err := r.createRecord(ctx, key, kw.RecordedKey{KeyID: k.ID, Digest: k.Digest(), IssuedAt: metav1.Now(), Generation: key.DesiredGeneration()})
 	if err != nil {
 		return nil, err
 	}
@@ -220,7 +221,7 @@ func (r *ApiKeyReconciler) recordFromSecret(ctx context.Context, key *kw.ApiKey,
 			"for its key-id annotation; delete it and keyward issues a new key", sec.Name)
 		return nil, nil
 	}
-	rec, err := r.createRecord(ctx, key, id, keys.Digest(secret), sec.CreationTimestamp)
+	rec, err := r.createRecord(ctx, key, kw.RecordedKey{KeyID: id, Digest: keys.Digest(secret), IssuedAt: sec.CreationTimestamp, Generation: secretGeneration(sec)})
 	if err != nil {
 		return nil, err
 	}
@@ -230,20 +231,20 @@ func (r *ApiKeyReconciler) recordFromSecret(ctx context.Context, key *kw.ApiKey,
 	return rec, nil
 }
 
-func (r *ApiKeyReconciler) createRecord(ctx context.Context, key *kw.ApiKey, id, digest string, issuedAt metav1.Time) (*kw.ApiKeyRecord, error) {
+func (r *ApiKeyReconciler) createRecord(ctx context.Context, key *kw.ApiKey, first kw.RecordedKey) (*kw.ApiKeyRecord, error) {
 	rec := &kw.ApiKeyRecord{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: key.Namespace,
 			Name:      key.Name,
 			Labels:    map[string]string{kw.LabelManagedBy: kw.ManagedByValue, kw.LabelApiKey: key.Name},
 		},
-		Spec: kw.ApiKeyRecordSpec{Keys: []kw.RecordedKey{{KeyID: id, Digest: digest, IssuedAt: issuedAt}}},
+		Spec: kw.ApiKeyRecordSpec{Keys: []kw.RecordedKey{first}},
 	}
 	if err := controllerutil.SetControllerReference(key, rec, r.Scheme()); err != nil {
 		return nil, err
 	}
 	if err := r.Create(ctx, rec, client.FieldOwner(FieldOwner)); err != nil {
-		return nil, fmt.Errorf("record key %s of %s/%s: %w", id, key.Namespace, key.Name, err)
+		return nil, fmt.Errorf("record key %s of %s/%s: %w", first.KeyID, key.Namespace, key.Name, err)
 	}
 	return rec, nil
 }

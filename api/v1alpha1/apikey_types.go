@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"time"
 )
 
 // Scope is one permission a key grants: segments of lowercase letters,
@@ -16,6 +17,8 @@ type Scope string
 // to keep in Git.
 // +kubebuilder:validation:XValidation:rule="!has(oldSelf.archived) || !oldSelf.archived || (has(self.archived) && self.archived)",message="archival is one-way: spec.archived cannot go back to false; create a new ApiKey instead"
 // +kubebuilder:validation:XValidation:rule="has(self.secretName) == has(oldSelf.secretName) && (!has(self.secretName) || self.secretName == oldSelf.secretName)",message="spec.secretName cannot change once set; create a new ApiKey to use another Secret"
+// +kubebuilder:validation:XValidation:rule="(has(self.rotation) && has(self.rotation.generation) ? self.rotation.generation : 0) >= (has(oldSelf.rotation) && has(oldSelf.rotation.generation) ? oldSelf.rotation.generation : 0)",message="spec.rotation.generation cannot decrease (also not by leaving it out): it counts the rotations made; raise it to rotate again"
+// +kubebuilder:validation:XValidation:rule="!has(self.archived) || !self.archived || (has(self.rotation) && has(self.rotation.generation) ? self.rotation.generation : 0) == (has(oldSelf.rotation) && has(oldSelf.rotation.generation) ? oldSelf.rotation.generation : 0)",message="an archived key cannot be rotated: spec.rotation.generation cannot change once spec.archived is true; create a new ApiKey instead"
 type ApiKeySpec struct {
 	// DisplayName is a human-friendly name for the key.
 	// +optional
@@ -49,6 +52,57 @@ type ApiKeySpec struct {
 	// +kubebuilder:validation:MaxLength=253
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
 	SecretName string `json:"secretName,omitempty"`
+
+	// Rotation replaces the key with a new one in the same Secret, while the
+	// previous key keeps working for a grace period.
+	// +optional
+	Rotation *Rotation `json:"rotation,omitempty"`
+}
+
+// Rotation asks for new keys, by hand or on a schedule.
+type Rotation struct {
+	// Generation: raise it to rotate the key (kubectl patch, or a commit).
+	// It never decreases.
+	// +optional
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
+	Generation int64 `json:"generation"`
+	// GracePeriod is how long the previous key keeps working after a
+	// rotation, such as 24h or 90m; 0s revokes it at once.
+	// +optional
+	// +kubebuilder:default="24h"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	GracePeriod *metav1.Duration `json:"gracePeriod,omitempty"`
+	// Every makes the controller rotate on this schedule itself (it raises
+	// Generation and says so in an Event), such as 2160h for 90 days.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="spec.rotation.every must be at least 1m"
+	Every *metav1.Duration `json:"every,omitempty"`
+}
+
+// DesiredGeneration is the rotation generation the spec asks for.
+func (k *ApiKey) DesiredGeneration() int64 {
+	if k.Spec.Rotation == nil {
+		return 0
+	}
+	return k.Spec.Rotation.Generation
+}
+
+// GracePeriod is how long a superseded key keeps working (default 24h).
+func (k *ApiKey) GracePeriod() time.Duration {
+	if k.Spec.Rotation == nil || k.Spec.Rotation.GracePeriod == nil {
+		return 24 * time.Hour
+	}
+	return k.Spec.Rotation.GracePeriod.Duration
+}
+
+// PreviousKey is a key superseded by a rotation, working until RevokesAt.
+type PreviousKey struct {
+	KeyID     string      `json:"keyId"`
+	RevokesAt metav1.Time `json:"revokesAt"`
 }
 
 // KeyState is where a key stands in its life.
@@ -140,6 +194,11 @@ type ApiKeyStatus struct {
 	// IssuedAt is when the current key was issued.
 	// +optional
 	IssuedAt *metav1.Time `json:"issuedAt,omitempty"`
+	// PreviousKeys are keys superseded by a rotation that still work until
+	// their RevokesAt (the grace period).
+	// +optional
+	// +listType=atomic
+	PreviousKeys []PreviousKey `json:"previousKeys,omitempty"`
 	// ArchivedAt is when the key was archived.
 	// +optional
 	ArchivedAt *metav1.Time `json:"archivedAt,omitempty"`

@@ -16,6 +16,10 @@ type RecordedKey struct {
 	Digest string `json:"digest"`
 	// IssuedAt is when the key was issued.
 	IssuedAt metav1.Time `json:"issuedAt"`
+	// Generation is the ApiKey's spec.rotation.generation the key was
+	// issued for: one key per generation, whatever happens.
+	// +optional
+	Generation int64 `json:"generation,omitempty"`
 	// RevokesAt, when set, is when the key stops verifying (a key superseded
 	// by a rotation keeps working until then).
 	// +optional

@@ -13,6 +13,8 @@ const (
 	ReasonSecretMissing  = "SecretMissing"
 	ReasonArchived       = "Archived"
 	ReasonExpired        = "Expired"
+	// ReasonRotated is the Event of a rotation.
+	ReasonRotated = "Rotated"
 )
 
 // Labels and annotations keyward puts on what it writes.
@@ -26,6 +28,9 @@ const (
 	LabelApiKey = "keyward.dev/apikey"
 	// AnnotationKeyID is the key ID a Secret holds.
 	AnnotationKeyID = "keyward.dev/key-id"
+	// AnnotationGeneration is the rotation generation of the key a Secret
+	// holds.
+	AnnotationGeneration = "keyward.dev/generation"
 	// Finalizer lets the controller revoke a deleted key before it is gone.
 	Finalizer = "keyward.dev/revoke"
 )

@@ -56,6 +56,11 @@ func TestApiServerRefusesBadManifests(t *testing.T) {
 		{"bad secretName", "spec: {scopes: [a], secretName: My_Secret}", "spec.secretName: Invalid value"},
 		{"unknown state", "spec: {scopes: [a]}\nstatus: {state: Happy}", ""}, // status is ignored on create
 		{"displayName too long", "spec: {scopes: [a], displayName: " + strings.Repeat("x", 129) + "}", "spec.displayName: Too long"},
+		{"negative generation", "spec: {scopes: [a], rotation: {generation: -1}}", "spec.rotation.generation: Invalid value: -1"},
+		{"gracePeriod not a duration", "spec: {scopes: [a], rotation: {gracePeriod: one day}}", "spec.rotation.gracePeriod: Invalid value"},
+		{"every too short", "spec: {scopes: [a], rotation: {every: 30s}}", "spec.rotation.every must be at least 1m"},
+		{"every not a duration", "spec: {scopes: [a], rotation: {every: 90d}}", "spec.rotation.every: Invalid value"},
+		{"grace period zero", "spec: {scopes: [a], rotation: {generation: 2, gracePeriod: 0s, every: 2160h}}", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name := "bad-" + strings.ReplaceAll(tc.name, " ", "-")
@@ -100,6 +105,19 @@ func TestApiServerRefusesBadUpdates(t *testing.T) {
 	if err := c.Create(ctx, named); err != nil {
 		t.Fatal(err)
 	}
+	rotated := &kw.ApiKey{
+		ObjectMeta: metav1.ObjectMeta{Name: "rotated", Namespace: "default"},
+		Spec:       kw.ApiKeySpec{Scopes: []kw.Scope{"a:read"}, Rotation: &kw.Rotation{Generation: 3}},
+	}
+	archivedKey := &kw.ApiKey{
+		ObjectMeta: metav1.ObjectMeta{Name: "archived-rotation", Namespace: "default"},
+		Spec:       kw.ApiKeySpec{Scopes: []kw.Scope{"a:read"}, Archived: true},
+	}
+	for _, o := range []*kw.ApiKey{rotated, archivedKey} {
+		if err := c.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tc := range []struct {
 		name    string
 		obj     *kw.ApiKey
@@ -110,6 +128,10 @@ func TestApiServerRefusesBadUpdates(t *testing.T) {
 		{"drop secretName", key, func(k *kw.ApiKey) { k.Spec.SecretName = "" }, "spec.secretName cannot change once set"},
 		{"set secretName later", named, func(k *kw.ApiKey) { k.Spec.SecretName = "late" }, "spec.secretName cannot change once set"},
 		{"remove all scopes", key, func(k *kw.ApiKey) { k.Spec.Scopes = nil }, "spec.scopes: Required value"},
+		{"lower the generation", rotated, func(k *kw.ApiKey) { k.Spec.Rotation.Generation = 2 }, "spec.rotation.generation cannot decrease"},
+		{"drop the generation", rotated, func(k *kw.ApiKey) { k.Spec.Rotation = nil }, "spec.rotation.generation cannot decrease"},
+		{"rotate an archived key", archivedKey, func(k *kw.ApiKey) { k.Spec.Rotation = &kw.Rotation{Generation: 1} }, "an archived key cannot be rotated"},
+		{"archive and rotate at once", rotated, func(k *kw.ApiKey) { k.Spec.Archived = true; k.Spec.Rotation.Generation = 4 }, "an archived key cannot be rotated"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			obj := tc.obj.DeepCopy()
