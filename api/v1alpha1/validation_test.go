@@ -9,6 +9,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
@@ -17,11 +18,14 @@ import (
 	"keyward.dev/keyward/internal/testenv"
 )
 
-var c client.Client
+var (
+	c   client.Client
+	cfg *rest.Config
+)
 
 func TestMain(m *testing.M) {
 	var env *envtest.Environment
-	env, _, c = testenv.StartWithClient()
+	env, cfg, c = testenv.StartWithClient()
 	code := m.Run()
 	_ = env.Stop()
 	os.Exit(code)

@@ -1,7 +1,6 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,21 +10,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/rest"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	kw "keyward.dev/keyward/api/v1alpha1"
-	"keyward.dev/keyward/controllers"
 	"keyward.dev/keyward/internal/index"
+	"keyward.dev/keyward/internal/manifests"
 	"keyward.dev/keyward/internal/logging"
 	"keyward.dev/keyward/internal/usage"
 )
@@ -145,7 +138,17 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 	}()
 	say("keyward controller and auth endpoint running (log: %s)", logFile.Name())
 
-	applied, err := applyDir(ctx, admin.Config(), filepath.Join(o.Config, "samples"))
+	// Restricted scopes as config/default ships them: the admission policy
+	// and the default ApiKeyPolicy (write access off unless a namespace is
+	// labelled keyward.dev/write-access: "true").
+	for _, dir := range []string{"admission", "policy"} {
+		if _, err := manifests.ApplyDir(ctx, admin.Config(), filepath.Join(o.Config, dir)); err != nil {
+			return fmt.Errorf("install %s: %w", dir, err)
+		}
+	}
+	say("restricted scopes: ApiKeyPolicy default restricts * and *:write to namespaces labelled keyward.dev/write-access=true")
+
+	applied, err := manifests.ApplyDir(ctx, admin.Config(), filepath.Join(o.Config, "samples"))
 	if err != nil {
 		return fmt.Errorf("apply the samples: %w", err)
 	}
@@ -255,55 +258,3 @@ func startKCM(o DevOptions, kubeconfig string) (func(), error) {
 	}, nil
 }
 
-// applyDir server-side applies every YAML document of dir's *.yaml files,
-// in file name order, as `kubectl apply --server-side` would.
-func applyDir(ctx context.Context, cfg *rest.Config, dir string) (int, error) {
-	c, err := client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
-	if err != nil {
-		return 0, err
-	}
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if err != nil {
-		return 0, err
-	}
-	sort.Strings(files)
-	n := 0
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return n, err
-		}
-		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
-		for {
-			u := &unstructured.Unstructured{}
-			if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
-				break
-			} else if err != nil {
-				return n, fmt.Errorf("%s: %w", f, err)
-			}
-			if len(u.Object) == 0 {
-				continue
-			}
-			if err := applyWithRetry(ctx, c, u); err != nil {
-				return n, fmt.Errorf("%s: %s %s: %w", f, u.GetKind(), u.GetName(), err)
-			}
-			n++
-		}
-	}
-	return n, nil
-}
-
-func applyWithRetry(ctx context.Context, c client.Client, u *unstructured.Unstructured) error {
-	// A CRD installed moments ago may not be served yet.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := c.Patch(ctx, u, client.Apply, client.FieldOwner("keyward-dev"), client.ForceOwnership) //nolint:staticcheck
-		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
-			return err
-		}
-		if u.GroupVersionKind().Group != kw.GroupVersion.Group {
-			return err
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}

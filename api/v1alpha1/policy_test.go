@@ -1,0 +1,153 @@
+package v1alpha1_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/internal/manifests"
+	"keyward.dev/keyward/internal/policy"
+	"keyward.dev/keyward/internal/testenv"
+)
+
+// The admission policy of config/admission, against the real API server.
+func TestRestrictedScopesAtAdmission(t *testing.T) {
+	ctx := context.Background()
+	if _, err := manifests.ApplyDir(ctx, cfg, testenv.Root()+"/config/admission"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := manifests.ApplyDir(ctx, cfg, testenv.Root()+"/config/policy"); err != nil {
+		t.Fatal(err)
+	}
+	// A second policy: billing scopes only where billing=enabled, or in
+	// namespaces whose tier is gold or platinum.
+	billing := &kw.ApiKeyPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "billing"},
+		Spec: kw.ApiKeyPolicySpec{
+			RestrictedScopes: []kw.Scope{"billing:*"},
+			Allow: []kw.PolicyRule{
+				{NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{"billing": "enabled"}}, Scopes: []kw.Scope{"billing:*"}},
+				{NamespaceSelector: metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+					{Key: "tier", Operator: metav1.LabelSelectorOpIn, Values: []string{"gold", "platinum"}}}}, Scopes: []kw.Scope{"billing:read"}},
+			},
+		},
+	}
+	if err := c.Create(ctx, billing); err != nil {
+		t.Fatal(err)
+	}
+	ns := func(name string, labels map[string]string) string {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}); err != nil {
+			t.Fatal(err)
+		}
+		return name
+	}
+	plain := ns("plain", nil)
+	writer := ns("writer", map[string]string{"keyward.dev/write-access": "true"})
+	biller := ns("biller", map[string]string{"billing": "enabled"})
+	gold := ns("gold", map[string]string{"tier": "gold", "keyward.dev/write-access": "true"})
+
+	createKey := func(ns, name string, scopes ...kw.Scope) error {
+		return c.Create(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: kw.ApiKeySpec{Scopes: scopes}})
+	}
+	// The policy takes effect asynchronously: wait for the first refusal.
+	deadline := time.Now().Add(20 * time.Second)
+	for createKey(plain, "probe", "*") == nil {
+		_ = c.Delete(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: plain, Name: "probe"}})
+		if time.Now().After(deadline) {
+			t.Fatal("the admission policy never refused full access in a plain namespace")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	policies := []kw.ApiKeyPolicy{}
+	var list kw.ApiKeyPolicyList
+	if err := c.List(ctx, &list); err != nil {
+		t.Fatal(err)
+	}
+	policies = list.Items
+
+	for i, tc := range []struct {
+		name    string
+		ns      string
+		scopes  []kw.Scope
+		message string // "" for accepted
+	}{
+		{"full access, plain namespace", plain, []kw.Scope{"*"}, "scope * is restricted by ApiKeyPolicy default and namespace plain may not grant it; a cluster administrator can allow it with: kubectl label namespace plain keyward.dev/write-access=true"},
+		{"a write scope, plain namespace", plain, []kw.Scope{"occupancy:read", "devices:write"}, "scope devices:write is restricted by ApiKeyPolicy default"},
+		{"a wildcard that grants write", plain, []kw.Scope{"devices:*"}, "scope devices:* is restricted by ApiKeyPolicy default"},
+		{"read scopes, plain namespace", plain, []kw.Scope{"occupancy:read", "agents:activate"}, ""},
+		{"write access where allowed", writer, []kw.Scope{"*", "devices:write"}, ""},
+		{"billing where only write is allowed", writer, []kw.Scope{"billing:read"}, "scope billing:read is restricted by ApiKeyPolicy billing and namespace writer may not grant it; a cluster administrator can allow it with: kubectl label namespace writer billing=enabled"},
+		{"billing where billing is enabled", biller, []kw.Scope{"billing:read", "billing:refund"}, ""},
+		{"both policies must pass", biller, []kw.Scope{"billing:read", "billing:write"}, "scope billing:write is restricted by ApiKeyPolicy default"},
+		{"matchExpressions rule allows read", gold, []kw.Scope{"billing:read", "devices:write"}, ""},
+		{"matchExpressions rule allows only read", gold, []kw.Scope{"billing:refund"}, "scope billing:refund is restricted by ApiKeyPolicy billing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := createKey(tc.ns, "k"+string(rune('a'+i)), tc.scopes...)
+			if tc.message == "" && err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			if tc.message != "" && (err == nil || !strings.Contains(err.Error(), tc.message)) {
+				t.Fatalf("got %v; want a refusal saying %q", err, tc.message)
+			}
+			// The Go rules the controller and the endpoint use agree.
+			var labels map[string]string
+			var n corev1.Namespace
+			if err := c.Get(ctx, client.ObjectKey{Name: tc.ns}, &n); err != nil {
+				t.Fatal(err)
+			}
+			labels = n.Labels
+			scopes := make([]string, len(tc.scopes))
+			for i, s := range tc.scopes {
+				scopes[i] = string(s)
+			}
+			if denied := policy.Denied(policies, labels, scopes); (len(denied) == 0) != (tc.message == "") {
+				t.Fatalf("internal/policy says %v, the API server %v", denied, err)
+			}
+		})
+	}
+
+	t.Run("label removed, then added back", func(t *testing.T) {
+		if err := createKey(writer, "robot", "devices:write"); err != nil {
+			t.Fatal(err)
+		}
+		label := func(v *string) {
+			var n corev1.Namespace
+			if err := c.Get(ctx, client.ObjectKey{Name: writer}, &n); err != nil {
+				t.Fatal(err)
+			}
+			if v == nil {
+				delete(n.Labels, "keyward.dev/write-access")
+			} else {
+				n.Labels["keyward.dev/write-access"] = *v
+			}
+			if err := c.Update(ctx, &n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		label(nil)
+		if err := createKey(writer, "robot2", "devices:write"); err == nil || !strings.Contains(err.Error(), "restricted by ApiKeyPolicy default") {
+			t.Fatalf("after the label is gone: %v", err)
+		}
+		// An existing key can still be edited and archived.
+		var k kw.ApiKey
+		if err := c.Get(ctx, client.ObjectKey{Namespace: writer, Name: "robot"}, &k); err != nil {
+			t.Fatal(err)
+		}
+		k.Spec.Description, k.Spec.Archived = "retired", true
+		if err := c.Update(ctx, &k); err != nil {
+			t.Fatalf("archiving a key whose namespace lost the permission was refused: %v", err)
+		}
+		yes := "true"
+		label(&yes)
+		if err := createKey(writer, "robot3", "devices:write"); err != nil {
+			t.Fatalf("after the label is back: %v", err)
+		}
+	})
+}
