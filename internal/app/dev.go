@@ -18,8 +18,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"keyward.dev/keyward/internal/index"
-	"keyward.dev/keyward/internal/manifests"
 	"keyward.dev/keyward/internal/logging"
+	"keyward.dev/keyward/internal/manifests"
 	"keyward.dev/keyward/internal/usage"
 )
 
@@ -257,4 +257,3 @@ func startKCM(o DevOptions, kubeconfig string) (func(), error) {
 		out.Close()
 	}, nil
 }
-
