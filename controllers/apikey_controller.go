@@ -18,12 +18,15 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/internal/policy"
 )
 
 // FieldOwner is the field manager of every write the controller makes.
@@ -66,6 +69,8 @@ const (
 // +kubebuilder:rbac:groups=keyward.dev,resources=apikeyrecords,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=keyward.dev,resources=apikeypolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch,namespace=system
 
 // Reconcile brings one ApiKey to its declared state.
@@ -119,6 +124,11 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	due, err := r.scheduleRotation(ctx, key, rec)
 	if err != nil {
 		return ctrl.Result{}, err
+	}
+	if v.reason == kw.ReasonIssued {
+		if err := r.allowedScopes(ctx, key, v); err != nil {
+			return ctrl.Result{}, err
+		}
 	}
 	result = r.expire(key, v)
 	for _, d := range []time.Duration{due, nextRevocation(rec, r.Clock.Now())} {
@@ -199,8 +209,60 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&kw.ApiKey{}).
 		Owns(&kw.ApiKeyRecord{}).
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.apiKeysForSecret)).
+		// A namespace's labels and the ApiKeyPolicies decide which
+		// restricted scopes a key may hold (ScopeNotAllowed).
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.apiKeysIn),
+			builder.WithPredicates(predicate.LabelChangedPredicate{})).
+		Watches(&kw.ApiKeyPolicy{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, _ client.Object) []ctrl.Request {
+			return r.apiKeysIn(ctx, nil)
+		})).
 		Named("apikey").
 		Complete(r)
+}
+
+// apiKeysIn wakes every ApiKey of a namespace (nil: of all namespaces).
+func (r *ApiKeyReconciler) apiKeysIn(ctx context.Context, ns client.Object) []ctrl.Request {
+	var list kw.ApiKeyList
+	var opts []client.ListOption
+	if ns != nil {
+		opts = append(opts, client.InNamespace(ns.GetName()))
+	}
+	if err := r.List(ctx, &list, opts...); err != nil {
+		return nil
+	}
+	reqs := make([]ctrl.Request, len(list.Items))
+	for i, k := range list.Items {
+		reqs[i] = ctrl.Request{NamespacedName: types.NamespacedName{Namespace: k.Namespace, Name: k.Name}}
+	}
+	return reqs
+}
+
+// allowedScopes sets ScopeNotAllowed when the key holds a scope that an
+// ApiKeyPolicy restricts and its namespace may not grant (any more): the
+// endpoint refuses that scope, the others keep working.
+func (r *ApiKeyReconciler) allowedScopes(ctx context.Context, key *kw.ApiKey, v *verdict) error {
+	var policies kw.ApiKeyPolicyList
+	if err := r.List(ctx, &policies); err != nil || len(policies.Items) == 0 {
+		return err
+	}
+	var ns corev1.Namespace
+	if err := r.Get(ctx, client.ObjectKey{Name: key.Namespace}, &ns); err != nil {
+		return fmt.Errorf("read namespace %s: %w", key.Namespace, err)
+	}
+	scopes := make([]string, len(key.Spec.Scopes))
+	for i, s := range key.Spec.Scopes {
+		scopes[i] = string(s)
+	}
+	denied := policy.Denied(policies.Items, ns.Labels, scopes)
+	if len(denied) == 0 {
+		return nil
+	}
+	d := denied[0]
+	v.set(kw.StateActive, kw.ReasonScopeNotAllowed, "scope %s is restricted by ApiKeyPolicy %s and namespace %s may "+
+		"not grant it: the endpoint refuses it (403) while the key's other scopes keep working. A cluster "+
+		"administrator can allow it again (see kubectl get apikeypolicy %s -o yaml), or remove the scope",
+		d.Scope, d.Policy, key.Namespace, d.Policy)
+	return nil
 }
 
 // apiKeysForSecret wakes the ApiKey a Secret is labelled for and every

@@ -13,6 +13,9 @@ const (
 	ReasonSecretMissing  = "SecretMissing"
 	ReasonArchived       = "Archived"
 	ReasonExpired        = "Expired"
+	// ReasonScopeNotAllowed: the key holds a scope an ApiKeyPolicy restricts
+	// and its namespace may not grant; the endpoint refuses that scope.
+	ReasonScopeNotAllowed = "ScopeNotAllowed"
 	// ReasonRotated is the Event of a rotation.
 	ReasonRotated = "Rotated"
 )

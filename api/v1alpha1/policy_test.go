@@ -41,6 +41,11 @@ func TestRestrictedScopesAtAdmission(t *testing.T) {
 	if err := c.Create(ctx, billing); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		for _, name := range []string{"billing", "default"} {
+			_ = c.Delete(ctx, &kw.ApiKeyPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}})
+		}
+	})
 	ns := func(name string, labels map[string]string) string {
 		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}); err != nil {
 			t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/rest"
@@ -33,11 +34,16 @@ func TestMain(m *testing.M) {
 
 func apply(t *testing.T, manifest string) error {
 	t.Helper()
+	return applyIn(t, "default", manifest)
+}
+
+func applyIn(t *testing.T, ns, manifest string) error {
+	t.Helper()
 	u := &unstructured.Unstructured{}
 	if err := yaml.Unmarshal([]byte(manifest), &u.Object); err != nil {
 		t.Fatalf("bad test manifest: %v", err)
 	}
-	u.SetNamespace("default")
+	u.SetNamespace(ns)
 	return c.Create(context.Background(), u)
 }
 
@@ -86,8 +92,16 @@ func TestApiServerRefusesBadManifests(t *testing.T) {
 }
 
 func TestApiServerAcceptsGoodScopes(t *testing.T) {
+	// A namespace allowed every restricted scope of the restricted-scope
+	// test's ApiKeyPolicies, should they still be in force: this test is
+	// about syntax.
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "syntax",
+		Labels: map[string]string{"keyward.dev/write-access": "true", "billing": "enabled"}}}
+	if err := c.Create(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
 	for i, scope := range []string{"*", "*:write", "devices:*", "occupancy:read", "agents:activate", "a", "v1.devices:read-all", "x_y:z"} {
-		if err := apply(t, fmt.Sprintf(header, fmt.Sprintf("good-%d", i))+"spec: {scopes: ['"+scope+"']}"); err != nil {
+		if err := applyIn(t, "syntax", fmt.Sprintf(header, fmt.Sprintf("good-%d", i))+"spec: {scopes: ['"+scope+"']}"); err != nil {
 			t.Errorf("scope %q refused: %v", scope, err)
 		}
 	}

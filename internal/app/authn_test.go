@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -26,6 +27,7 @@ import (
 	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/controllers"
 	"keyward.dev/keyward/internal/logging"
+	"keyward.dev/keyward/internal/manifests"
 	"keyward.dev/keyward/internal/testenv"
 )
 
@@ -333,3 +335,78 @@ func (lk *link) cut() {
 }
 
 func (lk *link) restore(t testing.TB) { lk.listen(t, lk.addr) }
+
+// TestRestrictedScopeFollowsNamespaceLabels: when a namespace loses the
+// label that allows write access, its key stops passing its write scope
+// within a second (403) while its other scope keeps working, the ApiKey says
+// ScopeNotAllowed, and giving the label back restores both; the key is the
+// same throughout.
+func TestRestrictedScopeFollowsNamespaceLabels(t *testing.T) {
+	ctx := context.Background()
+	if _, err := manifests.ApplyDir(ctx, cfg, filepath.Join(testenv.Root(), "config", "policy")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k8s.Delete(ctx, &kw.ApiKeyPolicy{ObjectMeta: metav1.ObjectMeta{Name: "default"}}) })
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "writers", Labels: map[string]string{"keyward.dev/write-access": "true"}}}
+	if err := k8s.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	startController(t)
+	e := startEndpoint(t, cfg)
+	key := &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "writers", Name: "robot"},
+		Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"occupancy:read", "devices:write"}}}
+	if err := k8s.Create(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	sec := &corev1.Secret{}
+	eventually(t, 20*time.Second, "the key to be issued", func() bool {
+		return k8s.Get(ctx, client.ObjectKey{Namespace: "writers", Name: "robot-apikey"}, sec) == nil
+	})
+	token := string(sec.Data[kw.SecretKeyToken])
+	eventually(t, 5*time.Second, "write access to pass", func() bool { return e.check(t, token, "devices:write") == 200 })
+
+	relabel := func(allow bool) time.Time {
+		t.Helper()
+		if err := k8s.Get(ctx, client.ObjectKey{Name: "writers"}, ns); err != nil {
+			t.Fatal(err)
+		}
+		if allow {
+			ns.Labels["keyward.dev/write-access"] = "true"
+		} else {
+			delete(ns.Labels, "keyward.dev/write-access")
+		}
+		if err := k8s.Update(ctx, ns); err != nil {
+			t.Fatal(err)
+		}
+		return time.Now()
+	}
+	reason := func() string {
+		var k kw.ApiKey
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(key), &k); err != nil {
+			t.Fatal(err)
+		}
+		if c := meta.FindStatusCondition(k.Status.Conditions, kw.ConditionReady); c != nil {
+			return string(c.Status) + "/" + c.Reason
+		}
+		return ""
+	}
+
+	at := relabel(false)
+	eventually(t, time.Second, "the write scope to be refused within a second", func() bool {
+		return e.check(t, token, "devices:write") == 403
+	})
+	t.Logf("write scope refused %s after the label was removed", time.Since(at).Round(time.Millisecond))
+	if code := e.check(t, token, "occupancy:read"); code != 200 {
+		t.Fatalf("the key's other scope stopped working: %d", code)
+	}
+	eventually(t, 10*time.Second, "Ready=False ScopeNotAllowed", func() bool { return reason() == "False/"+kw.ReasonScopeNotAllowed })
+
+	at = relabel(true)
+	eventually(t, time.Second, "the write scope to pass again", func() bool { return e.check(t, token, "devices:write") == 200 })
+	t.Logf("write scope allowed again %s after the label came back", time.Since(at).Round(time.Millisecond))
+	eventually(t, 10*time.Second, "Ready=True Issued", func() bool { return reason() == "True/"+kw.ReasonIssued })
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: "writers", Name: "robot-apikey"}, sec); err != nil ||
+		string(sec.Data[kw.SecretKeyToken]) != token {
+		t.Fatal("the key was regenerated")
+	}
+}

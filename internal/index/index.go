@@ -5,6 +5,7 @@ package index
 
 import (
 	"hash/maphash"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -13,7 +14,9 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
+	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/internal/keys"
+	"keyward.dev/keyward/internal/policy"
 )
 
 // Entry is one verifiable key. Entries are immutable once published: a
@@ -90,10 +93,11 @@ type recordedKey struct {
 type state struct {
 	apiKey    ApiKey
 	hasApiKey bool
-	// scopesHeader is apiKey.Scopes joined, shared by the ApiKey's entries.
-	scopesHeader []string
-	hasRecord    bool
-	revoked      bool
+	// granted are the scopes of apiKey that its namespace may grant under
+	// the ApiKeyPolicies: what checks see and the scopes header says.
+	granted   *scopeSet
+	hasRecord bool
+	revoked   bool
 	// keys are the recorded keys; while both the ApiKey and the record
 	// exist, each has an entry in the shards.
 	keys []recordedKey
@@ -118,6 +122,10 @@ type Index struct {
 	states map[types.NamespacedName]*state
 	// scopeSets interns scope lists: keys with the same scopes share them.
 	scopeSets map[string]*scopeSet
+	// policies (by name) and the labels of namespaces decide which
+	// restricted scopes a key may use.
+	policies map[string]kw.ApiKeyPolicy
+	nsLabels map[string]map[string]string
 
 	synced atomic.Bool
 	size   atomic.Int64
@@ -125,7 +133,8 @@ type Index struct {
 
 // New returns an empty index.
 func New() *Index {
-	ix := &Index{seed: maphash.MakeSeed(), states: map[types.NamespacedName]*state{}, scopeSets: map[string]*scopeSet{}}
+	ix := &Index{seed: maphash.MakeSeed(), states: map[types.NamespacedName]*state{}, scopeSets: map[string]*scopeSet{},
+		policies: map[string]kw.ApiKeyPolicy{}, nsLabels: map[string]map[string]string{}}
 	for i := range ix.shards {
 		ix.shards[i].m = map[string]*Entry{}
 	}
@@ -164,11 +173,11 @@ func (ix *Index) SetApiKey(nn types.NamespacedName, k *ApiKey) {
 		return // a status or metadata change: nothing the check reads
 	}
 	old := ix.publishedIDs(st)
-	st.hasApiKey, st.apiKey, st.scopesHeader = k != nil, ApiKey{}, nil
+	st.hasApiKey, st.apiKey, st.granted = k != nil, ApiKey{}, nil
 	if k != nil {
-		set := ix.intern(k.Scopes)
-		st.apiKey, st.scopesHeader = *k, set.header
-		st.apiKey.Scopes = set.scopes
+		st.apiKey = *k
+		st.apiKey.Scopes = ix.intern(k.Scopes).scopes
+		st.granted = ix.grant(nn.Namespace, st.apiKey.Scopes)
 	}
 	ix.rebuild(nn, st, old)
 }
@@ -206,7 +215,7 @@ func (ix *Index) Retain(apiKeys bool, namespace string, keep map[types.Namespace
 		}
 		if apiKeys && st.hasApiKey {
 			old := ix.publishedIDs(st)
-			st.hasApiKey, st.apiKey, st.scopesHeader = false, ApiKey{}, nil
+			st.hasApiKey, st.apiKey, st.granted = false, ApiKey{}, nil
 			ix.rebuild(nn, st, old)
 		} else if !apiKeys && st.hasRecord {
 			old := ix.publishedIDs(st)
@@ -269,7 +278,7 @@ func (ix *Index) rebuild(nn types.NamespacedName, st *state, old []string) {
 		for _, k := range st.keys {
 			e := &Entry{
 				KeyID: k.id, Sum: k.sum, Key: full,
-				Scopes: ak.Scopes, IDHeader: []string{k.id}, KeyHeader: keyHeader, ScopesHeaderV: st.scopesHeader,
+				Scopes: st.granted.scopes, IDHeader: []string{k.id}, KeyHeader: keyHeader, ScopesHeaderV: st.granted.header,
 				Archived:  ak.Archived || st.revoked,
 				expiresAt: unixNano(ak.ExpiresAt), revokesAt: unixNano(k.revokesAt),
 			}
@@ -324,3 +333,78 @@ func (e *Entry) Namespace() string { ns, _, _ := strings.Cut(e.Key, "/"); return
 
 // Name is the ApiKey's name.
 func (e *Entry) Name() string { _, n, _ := strings.Cut(e.Key, "/"); return n }
+
+// grant returns the scopes a key in namespace may use: its own, less those
+// an ApiKeyPolicy restricts and does not allow there.
+func (ix *Index) grant(namespace string, scopes []string) *scopeSet {
+	if len(ix.policies) == 0 {
+		return ix.intern(scopes)
+	}
+	denied := policy.Denied(slices.Collect(maps.Values(ix.policies)), ix.nsLabels[namespace], scopes)
+	if len(denied) == 0 {
+		return ix.intern(scopes)
+	}
+	kept := make([]string, 0, len(scopes))
+	for _, s := range scopes {
+		if !slices.ContainsFunc(denied, func(d policy.Denial) bool { return d.Scope == s }) {
+			kept = append(kept, s)
+		}
+	}
+	return ix.intern(kept)
+}
+
+// SetPolicy records an ApiKeyPolicy; nil removes it. Keys whose scopes it
+// changes are republished at once.
+func (ix *Index) SetPolicy(name string, p *kw.ApiKeyPolicy) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if p == nil {
+		delete(ix.policies, name)
+	} else {
+		ix.policies[name] = *p
+	}
+	ix.regrant(func(string) bool { return true })
+}
+
+// SetNamespace records a namespace's labels; nil removes it.
+func (ix *Index) SetNamespace(name string, labels map[string]string) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if labels == nil {
+		delete(ix.nsLabels, name)
+	} else {
+		ix.nsLabels[name] = labels
+	}
+	ix.regrant(func(ns string) bool { return ns == name })
+}
+
+// RetainPolicies and RetainNamespaces drop what a relist no longer has.
+func (ix *Index) RetainPolicies(keep map[string]bool) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	maps.DeleteFunc(ix.policies, func(name string, _ kw.ApiKeyPolicy) bool { return !keep[name] })
+	ix.regrant(func(string) bool { return true })
+}
+
+// RetainNamespaces drops the labels of namespaces a relist no longer has.
+func (ix *Index) RetainNamespaces(keep map[string]bool) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	maps.DeleteFunc(ix.nsLabels, func(name string, _ map[string]string) bool { return !keep[name] })
+	ix.regrant(func(ns string) bool { return !keep[ns] })
+}
+
+// regrant recomputes the granted scopes of the ApiKeys in the namespaces
+// in, and republishes those that changed.
+func (ix *Index) regrant(in func(namespace string) bool) {
+	for nn, st := range ix.states {
+		if !st.hasApiKey || !in(nn.Namespace) {
+			continue
+		}
+		if g := ix.grant(nn.Namespace, st.apiKey.Scopes); g != st.granted {
+			old := ix.publishedIDs(st)
+			st.granted = g
+			ix.rebuild(nn, st, old)
+		}
+	}
+}

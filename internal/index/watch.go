@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -17,9 +18,12 @@ import (
 	kw "keyward.dev/keyward/api/v1alpha1"
 )
 
-// The auth endpoint reads ApiKeys and their records, and nothing else: it
-// has no access to Secrets, so the data plane never sees a key's plaintext.
-// +kubebuilder:rbac:groups=keyward.dev,resources=apikeys;apikeyrecords,verbs=get;list;watch
+// The auth endpoint reads ApiKeys and their records, the ApiKeyPolicies and
+// the namespaces' labels (which restricted scopes a key may use), and
+// nothing else: it has no access to Secrets, so the data plane never sees a
+// key's plaintext, and it writes nothing.
+// +kubebuilder:rbac:groups=keyward.dev,resources=apikeys;apikeyrecords;apikeypolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 
 // Watch feeds the index from the API server until ctx is done. It returns
 // once both watches have delivered their initial lists, or with an error.
@@ -31,6 +35,9 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 	if err := kw.AddToScheme(s); err != nil {
 		return err
 	}
+	if err := corev1.AddToScheme(s); err != nil {
+		return err
+	}
 	wc, err := client.NewWithWatch(cfg, client.Options{Scheme: s})
 	if err != nil {
 		return fmt.Errorf("watch keys: %w", err)
@@ -39,31 +46,39 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 		namespaces = []string{metav1.NamespaceAll}
 	}
 	var pending []*indexStore
+	type source struct {
+		obj  client.Object
+		list func() client.ObjectList
+		kind kind
+		ns   string
+	}
+	// Policies and namespaces are cluster-wide, and loaded before the index
+	// says it is ready: until then a restricted scope could pass.
+	sources := []source{
+		{&kw.ApiKeyPolicy{}, func() client.ObjectList { return &kw.ApiKeyPolicyList{} }, policies, ""},
+		{&corev1.Namespace{}, func() client.ObjectList { return &corev1.NamespaceList{} }, namespacesKind, ""},
+	}
 	for _, ns := range namespaces {
-		for _, kind := range []struct {
-			obj     client.Object
-			list    func() client.ObjectList
-			apiKeys bool
-		}{
-			{&kw.ApiKey{}, func() client.ObjectList { return &kw.ApiKeyList{} }, true},
-			{&kw.ApiKeyRecord{}, func() client.ObjectList { return &kw.ApiKeyRecordList{} }, false},
-		} {
-			st := &indexStore{ix: ix, apiKeys: kind.apiKeys, namespace: ns, synced: make(chan struct{})}
-			lw := &toolscache.ListWatch{
-				ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-					l := kind.list()
-					return l, wc.List(ctx, l, &client.ListOptions{Raw: &o, Namespace: ns})
-				},
-				WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-					return wc.Watch(ctx, kind.list(), &client.ListOptions{Raw: &o, Namespace: ns})
-				},
-			}
-			r := toolscache.NewReflectorWithOptions(lw, kind.obj, st, toolscache.ReflectorOptions{
-				Name: fmt.Sprintf("keyward index %T %s", kind.obj, ns),
-			})
-			go r.RunWithContext(ctx)
-			pending = append(pending, st)
+		sources = append(sources,
+			source{&kw.ApiKey{}, func() client.ObjectList { return &kw.ApiKeyList{} }, apiKeys, ns},
+			source{&kw.ApiKeyRecord{}, func() client.ObjectList { return &kw.ApiKeyRecordList{} }, records, ns})
+	}
+	for _, src := range sources {
+		st := &indexStore{ix: ix, kind: src.kind, namespace: src.ns, synced: make(chan struct{})}
+		lw := &toolscache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				l := src.list()
+				return l, wc.List(ctx, l, &client.ListOptions{Raw: &o, Namespace: src.ns})
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return wc.Watch(ctx, src.list(), &client.ListOptions{Raw: &o, Namespace: src.ns})
+			},
 		}
+		r := toolscache.NewReflectorWithOptions(lw, src.obj, st, toolscache.ReflectorOptions{
+			Name: fmt.Sprintf("keyward index %T %s", src.obj, src.ns),
+		})
+		go r.RunWithContext(ctx)
+		pending = append(pending, st)
 	}
 	for _, st := range pending {
 		select {
@@ -76,11 +91,21 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 	return nil
 }
 
+// kind is what a reflector lists.
+type kind int
+
+const (
+	apiKeys kind = iota
+	records
+	policies
+	namespacesKind
+)
+
 // indexStore is what a reflector writes into: it turns objects into index
 // updates and keeps nothing of its own.
 type indexStore struct {
 	ix        *Index
-	apiKeys   bool
+	kind      kind
 	namespace string
 	synced    chan struct{}
 	once      sync.Once
@@ -91,10 +116,16 @@ func (s *indexStore) Update(o any) error { s.set(o); return nil }
 func (s *indexStore) Resync() error      { return nil }
 
 func (s *indexStore) Delete(o any) error {
-	if s.apiKeys {
-		s.ix.SetApiKey(nameOf(o), nil)
-	} else {
-		s.ix.SetRecord(nameOf(o), nil)
+	nn := nameOf(o)
+	switch s.kind {
+	case apiKeys:
+		s.ix.SetApiKey(nn, nil)
+	case records:
+		s.ix.SetRecord(nn, nil)
+	case policies:
+		s.ix.SetPolicy(nn.Name, nil)
+	case namespacesKind:
+		s.ix.SetNamespace(nn.Name, nil)
 	}
 	return nil
 }
@@ -102,20 +133,42 @@ func (s *indexStore) Delete(o any) error {
 // Replace takes a full list: what it holds is set, what it lacks is gone.
 func (s *indexStore) Replace(list []any, _ string) error {
 	keep := make(map[types.NamespacedName]bool, len(list))
+	names := make(map[string]bool, len(list))
 	for _, o := range list {
 		s.set(o)
 		keep[nameOf(o)] = true
+		names[nameOf(o).Name] = true
 	}
-	s.ix.Retain(s.apiKeys, s.namespace, keep)
+	switch s.kind {
+	case apiKeys, records:
+		s.ix.Retain(s.kind == apiKeys, s.namespace, keep)
+	case policies:
+		s.ix.RetainPolicies(names)
+	case namespacesKind:
+		s.ix.RetainNamespaces(names)
+	}
 	s.once.Do(func() { close(s.synced) })
 	return nil
 }
 
 func (s *indexStore) set(o any) {
-	if s.apiKeys {
+	switch s.kind {
+	case apiKeys:
 		onApiKey(s.ix, o)
-	} else {
+	case records:
 		onRecord(s.ix, o)
+	case policies:
+		if p, ok := o.(*kw.ApiKeyPolicy); ok {
+			s.ix.SetPolicy(p.Name, p)
+		}
+	case namespacesKind:
+		if n, ok := o.(*corev1.Namespace); ok {
+			labels := n.Labels
+			if labels == nil {
+				labels = map[string]string{}
+			}
+			s.ix.SetNamespace(n.Name, labels)
+		}
 	}
 }
 
