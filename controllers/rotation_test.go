@@ -159,3 +159,43 @@ func TestScheduledRotation(t *testing.T) {
 		t.Fatalf("grace period 0: the old key should be gone at once, record %+v", rec.Spec.Keys)
 	}
 }
+
+// TestStatusLostDuringGracePeriod wipes status in the middle of a grace
+// period (a restore): the rotation is not redone, the old key is kept, and
+// status is rebuilt from the record.
+func TestStatusLostDuringGracePeriod(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	m := startManager(t, ns)
+	create(t, newKey(ns, "graceful"))
+	first := waitReason(t, ns, "graceful", kw.ReasonIssued)
+	raise(t, ns, "graceful", 1, "1h")
+	key := waitKeyID(t, ns, "graceful", first.Status.KeyID)
+	eventually(t, 5*time.Second, "previousKeys in status", func() (bool, string) {
+		key = get(t, ns, "graceful", &kw.ApiKey{})
+		return len(key.Status.PreviousKeys) == 1, ""
+	})
+	sec := get(t, ns, "graceful-apikey", &corev1.Secret{})
+	rec := get(t, ns, "graceful", &kw.ApiKeyRecord{})
+
+	m.stop()
+	wiped := key.DeepCopy()
+	wiped.Status = kw.ApiKeyStatus{}
+	if err := k8s.Status().Update(context.Background(), wiped); err != nil {
+		t.Fatal(err)
+	}
+	startManager(t, ns)
+	got := waitReason(t, ns, "graceful", kw.ReasonIssued)
+	eventually(t, 5*time.Second, "status rebuilt with the previous key", func() (bool, string) {
+		got = get(t, ns, "graceful", &kw.ApiKey{})
+		return got.Status.KeyID == key.Status.KeyID && len(got.Status.PreviousKeys) == 1 &&
+			got.Status.PreviousKeys[0].KeyID == first.Status.KeyID, got.Status.KeyID
+	})
+	for _, o := range []client.Object{sec, rec} {
+		was := o.GetResourceVersion()
+		get(t, ns, o.GetName(), o)
+		if o.GetResourceVersion() != was {
+			t.Errorf("%T %s was written after status was lost", o, o.GetName())
+		}
+	}
+}

@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"bytes"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -71,4 +74,42 @@ func TestRotationThroughTheEndpoint(t *testing.T) {
 		"-p", `{"spec":{"rotation":{"generation":2}}}`); err == nil {
 		t.Fatalf("rotating an archived key was accepted: %s", out)
 	}
+}
+
+// TestRestrictedScopeWithKubectl: keyward dev installs the default
+// ApiKeyPolicy; kubectl apply of a write key in a plain namespace is refused
+// with the API server's message, and accepted once the namespace has the
+// label the message names.
+func TestRestrictedScopeWithKubectl(t *testing.T) {
+	s := startDev(t, buildKeyward(t))
+	s.mustKubectl(t, "create", "namespace", "team-a")
+	robot := strings.NewReader(`apiVersion: keyward.dev/v1alpha1
+kind: ApiKey
+metadata: {name: robot, namespace: team-a}
+spec:
+  displayName: Device robot
+  scopes: [occupancy:read, devices:write]
+`)
+	body, _ := io.ReadAll(robot)
+	var out string
+	var err error
+	// The admission policy takes effect moments after it is installed.
+	eventually(t, 20*time.Second, "kubectl apply to be refused", func() bool {
+		out, err = s.kubectl(t, bytes.NewReader(body), "apply", "-f", "-")
+		if err == nil {
+			s.mustKubectl(t, "-n", "team-a", "delete", "apikey", "robot")
+		}
+		return err != nil
+	})
+	const want = "scope devices:write is restricted by ApiKeyPolicy default and namespace team-a may not grant it; " +
+		"a cluster administrator can allow it with: kubectl label namespace team-a keyward.dev/write-access=true"
+	if !strings.Contains(out, want) {
+		t.Fatalf("kubectl said %q; want it to say %q", out, want)
+	}
+	s.mustKubectl(t, "label", "namespace", "team-a", "keyward.dev/write-access=true")
+	eventually(t, 10*time.Second, "kubectl apply to be accepted once the namespace is labelled", func() bool {
+		out, err = s.kubectl(t, bytes.NewReader(body), "apply", "-f", "-")
+		return err == nil
+	})
+	t.Logf("refused, then: %s", strings.TrimSpace(out))
 }
