@@ -98,7 +98,7 @@ func (d *Decider) check(id, secret string, required Scopes, now time.Time) Verdi
 		d.count(e, index.Expired, now)
 		return expired
 	}
-	if missing, ok := required.missingFrom(e.Scopes); !ok {
+	if missing, ok := required.missingFrom(e.Scopes()); !ok {
 		d.count(e, index.InsufficientScope, now)
 		return Verdict{Code: http.StatusForbidden, Reason: ReasonInsufficientScope, Entry: e,
 			Message: "the API key lacks the scope " + missing}

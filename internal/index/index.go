@@ -21,18 +21,17 @@ import (
 
 // Entry is one verifiable key. Entries are immutable once published: a
 // change publishes a new Entry, so a reader never sees half an update.
-// Entries are kept small (the endpoint holds one per key, 100,000 and more).
+// Entries are kept small and hold few pointers (the endpoint holds one per
+// key, 100,000 and more, and the garbage collector visits each pointer).
 type Entry struct {
-	KeyID string
-	Sum   keys.Sum
-	// Key is the ApiKey's namespace/name.
-	Key string
-	// Scopes are shared by every entry with the same scopes.
-	Scopes []string
-	// IDHeader, KeyHeader and ScopesHeaderV are the identity header values
-	// (key ID, namespace/name, scopes joined by ","), built once so that
-	// answering a check allocates nothing.
-	IDHeader, KeyHeader, ScopesHeaderV []string
+	Sum keys.Sum
+	// IDHeader and KeyHeader are the identity header values, built once so
+	// that answering a check allocates nothing: the key ID, and the
+	// ApiKey's namespace/name (shared by the ApiKey's entries).
+	IDHeader, KeyHeader []string
+	// set are the scopes the key may use, shared by every entry with the
+	// same ones.
+	set *scopeSet
 	// Archived: the ApiKey is archived or its record revoked.
 	Archived bool
 	// expiresAt (ApiKey spec.expiresAt) and revokesAt (end of a rotation's
@@ -42,6 +41,18 @@ type Entry struct {
 	// of the same key, so a change to the ApiKey loses no count.
 	Usage *Usage
 }
+
+// KeyID is the key's public ID.
+func (e *Entry) KeyID() string { return e.IDHeader[0] }
+
+// Key is the ApiKey's namespace/name.
+func (e *Entry) Key() string { return e.KeyHeader[0] }
+
+// Scopes are the scopes the key may use.
+func (e *Entry) Scopes() []string { return e.set.scopes }
+
+// ScopesHeader is the scopes joined by ",", as a header value.
+func (e *Entry) ScopesHeader() []string { return e.set.header }
 
 // ExpiredAt reports whether the key no longer works at now: expiry and the
 // end of a grace period are judged at request time, so a late controller
@@ -86,7 +97,7 @@ type Record struct {
 type recordedKey struct {
 	id        string
 	sum       keys.Sum
-	revokesAt time.Time
+	revokesAt int64 // Unix nanoseconds, 0 for never
 }
 
 // state is all the index holds for one ApiKey.
@@ -109,7 +120,19 @@ const shardCount = 64
 
 type shard struct {
 	mu sync.RWMutex
-	m  map[string]*Entry
+	// m is keyed by the key ID's 16 bytes, kept in the map itself: a lookup
+	// follows no pointer to compare keys.
+	m map[idKey]*Entry
+}
+
+type idKey [keys.KeyIDLen]byte
+
+func keyOf(id string) (k idKey, ok bool) {
+	if len(id) != len(k) {
+		return k, false
+	}
+	copy(k[:], id)
+	return k, true
 }
 
 // Index maps key IDs to entries. Lookups take one shard's read lock and do
@@ -136,7 +159,7 @@ func New() *Index {
 	ix := &Index{seed: maphash.MakeSeed(), states: map[types.NamespacedName]*state{}, scopeSets: map[string]*scopeSet{},
 		policies: map[string]kw.ApiKeyPolicy{}, nsLabels: map[string]map[string]string{}}
 	for i := range ix.shards {
-		ix.shards[i].m = map[string]*Entry{}
+		ix.shards[i].m = map[idKey]*Entry{}
 	}
 	return ix
 }
@@ -147,9 +170,13 @@ func (ix *Index) shard(id string) *shard {
 
 // Lookup returns the entry of a key ID, or nil.
 func (ix *Index) Lookup(id string) *Entry {
+	k, ok := keyOf(id)
+	if !ok {
+		return nil
+	}
 	s := ix.shard(id)
 	s.mu.RLock()
-	e := s.m[id]
+	e := s.m[k]
 	s.mu.RUnlock()
 	return e
 }
@@ -197,7 +224,7 @@ func (ix *Index) SetRecord(nn types.NamespacedName, r *Record) {
 			if err != nil || !keys.ValidID(k.ID) {
 				continue // the CRD's validation keeps these out; never verify garbage
 			}
-			st.keys = append(st.keys, recordedKey{id: k.ID, sum: sum, revokesAt: k.RevokesAt})
+			st.keys = append(st.keys, recordedKey{id: k.ID, sum: sum, revokesAt: unixNano(k.RevokesAt)})
 		}
 	}
 	ix.rebuild(nn, st, old)
@@ -277,15 +304,15 @@ func (ix *Index) rebuild(nn types.NamespacedName, st *state, old []string) {
 		keyHeader := []string{full}
 		for _, k := range st.keys {
 			e := &Entry{
-				KeyID: k.id, Sum: k.sum, Key: full,
-				Scopes: st.granted.scopes, IDHeader: []string{k.id}, KeyHeader: keyHeader, ScopesHeaderV: st.granted.header,
+				Sum: k.sum, IDHeader: []string{k.id}, KeyHeader: keyHeader, set: st.granted,
 				Archived:  ak.Archived || st.revoked,
-				expiresAt: unixNano(ak.ExpiresAt), revokesAt: unixNano(k.revokesAt),
+				expiresAt: unixNano(ak.ExpiresAt), revokesAt: k.revokesAt,
 			}
+			mk, _ := keyOf(k.id) // recorded IDs are checked valid
 			s := ix.shard(k.id)
 			s.mu.Lock()
-			prev, dup := s.m[k.id]
-			if dup && prev.Key == full {
+			prev, dup := s.m[mk]
+			if dup && prev.Key() == full {
 				e.Usage = prev.Usage
 			} else {
 				e.Usage = &Usage{}
@@ -293,7 +320,7 @@ func (ix *Index) rebuild(nn types.NamespacedName, st *state, old []string) {
 			if !dup {
 				ix.size.Add(1)
 			}
-			s.m[k.id] = e
+			s.m[mk] = e
 			s.mu.Unlock()
 			now = append(now, k.id)
 		}
@@ -302,10 +329,11 @@ func (ix *Index) rebuild(nn types.NamespacedName, st *state, old []string) {
 		if slices.Contains(now, id) {
 			continue
 		}
+		mk, _ := keyOf(id)
 		s := ix.shard(id)
 		s.mu.Lock()
-		if e, ok := s.m[id]; ok && e.Key == full {
-			delete(s.m, id)
+		if e, ok := s.m[mk]; ok && e.Key() == full {
+			delete(s.m, mk)
 			ix.size.Add(-1)
 		}
 		s.mu.Unlock()
@@ -329,10 +357,10 @@ func (ix *Index) Each(fn func(*Entry)) {
 }
 
 // Namespace and Name are the ApiKey's.
-func (e *Entry) Namespace() string { ns, _, _ := strings.Cut(e.Key, "/"); return ns }
+func (e *Entry) Namespace() string { ns, _, _ := strings.Cut(e.Key(), "/"); return ns }
 
 // Name is the ApiKey's name.
-func (e *Entry) Name() string { _, n, _ := strings.Cut(e.Key, "/"); return n }
+func (e *Entry) Name() string { _, n, _ := strings.Cut(e.Key(), "/"); return n }
 
 // grant returns the scopes a key in namespace may use: its own, less those
 // an ApiKeyPolicy restricts and does not allow there.

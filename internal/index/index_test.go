@@ -28,7 +28,7 @@ func TestEntryNeedsBothApiKeyAndRecord(t *testing.T) {
 	}
 	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a:read", "b:write"}})
 	e := ix.Lookup(k.ID)
-	if e == nil || e.Key != "team-a/reader" || e.ScopesHeaderV[0] != "a:read,b:write" || !e.Sum.Matches(k.Secret) || ix.Len() != 1 {
+	if e == nil || e.Key() != "team-a/reader" || e.ScopesHeader()[0] != "a:read,b:write" || !e.Sum.Matches(k.Secret) || ix.Len() != 1 {
 		t.Fatalf("entry %+v, len %d", e, ix.Len())
 	}
 	ix.SetApiKey(nn, nil) // deleted: revoked at once
@@ -96,7 +96,7 @@ func TestRetainDropsWhatARelistNoLongerHas(t *testing.T) {
 	if ix.Lookup(ka.ID) != nil || ix.Lookup(kb.ID) == nil {
 		t.Fatal("Retain for namespace x did not drop only x's ApiKey")
 	}
-	if s1, s2 := ix.Lookup(kb.ID).Scopes, ix.states[a]; s2 == nil || &s1[0] == nil {
+	if s1, s2 := ix.Lookup(kb.ID).Scopes(), ix.states[a]; s2 == nil || &s1[0] == nil {
 		t.Fatal("state lost")
 	}
 }
@@ -111,7 +111,7 @@ func TestScopesAreShared(t *testing.T) {
 		ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
 		ids = append(ids, k.ID)
 	}
-	if &ix.Lookup(ids[0]).Scopes[0] != &ix.Lookup(ids[1]).Scopes[0] {
+	if &ix.Lookup(ids[0]).Scopes()[0] != &ix.Lookup(ids[1]).Scopes()[0] {
 		t.Fatal("identical scope lists are not shared")
 	}
 }

@@ -75,9 +75,9 @@ func header(k, v string) *corev3.HeaderValueOption {
 func checkResponse(v authn.Verdict, strip bool) *authv3.CheckResponse {
 	if v.Allowed {
 		ok := &authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{
-			header(strings.ToLower(HeaderKeyID), v.Entry.KeyID),
-			header(strings.ToLower(HeaderKey), v.Entry.Key),
-			header(strings.ToLower(HeaderScopes), v.Entry.ScopesHeaderV[0]),
+			header(strings.ToLower(HeaderKeyID), v.Entry.KeyID()),
+			header(strings.ToLower(HeaderKey), v.Entry.Key()),
+			header(strings.ToLower(HeaderScopes), v.Entry.ScopesHeader()[0]),
 		}}
 		if strip {
 			ok.HeadersToRemove = credentialHeaders

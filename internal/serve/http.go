@@ -82,7 +82,7 @@ func keyID(v authn.Verdict) string {
 	if v.Entry == nil {
 		return ""
 	}
-	return v.Entry.KeyID
+	return v.Entry.KeyID()
 }
 
 func firstHeader(h http.Header, names ...string) string {
@@ -119,7 +119,7 @@ func (s *Server) write(w http.ResponseWriter, v authn.Verdict) {
 		e := v.Entry
 		h[HeaderKeyID] = e.IDHeader
 		h[HeaderKey] = e.KeyHeader
-		h[HeaderScopes] = e.ScopesHeaderV
+		h[HeaderScopes] = e.ScopesHeader()
 		// No body and no explicit WriteHeader: net/http answers 200 with
 		// Content-Length: 0 itself, and every byte or header more is paid on
 		// each request by the gateway too.

@@ -139,7 +139,7 @@ func (s *Server) review(w http.ResponseWriter, r *http.Request) {
 	resp := &ReviewResponse{UID: req.UID, Allowed: v.Allowed,
 		Status: ReviewStatus{Code: v.Code, Reason: v.Reason, Message: v.Message}}
 	if v.Entry != nil {
-		resp.KeyID, resp.Key, resp.Scopes = v.Entry.KeyID, v.Entry.Key, v.Entry.Scopes
+		resp.KeyID, resp.Key, resp.Scopes = v.Entry.KeyID(), v.Entry.Key(), v.Entry.Scopes()
 	}
 	out := AuthReview{APIVersion: ReviewAPIVersion, Kind: ReviewKind, Response: resp}
 	w.Header().Set("Content-Type", "application/json")

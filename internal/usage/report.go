@@ -51,7 +51,7 @@ func Snapshot(ix *index.Index, replica string) Report {
 			return
 		}
 		ns, name := e.Namespace(), e.Name()
-		r.Keys = append(r.Keys, KeyCount{Namespace: ns, Name: name, KeyID: e.KeyID,
+		r.Keys = append(r.Keys, KeyCount{Namespace: ns, Name: name, KeyID: e.KeyID(),
 			Allowed: allowed, Denied: denied, LastUsed: e.Usage.LastUsed()})
 	})
 	return r
@@ -96,7 +96,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 				continue
 			}
 			out = append(out, prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, float64(n),
-				ns, name, e.KeyID, index.OutcomeNames[o]))
+				ns, name, e.KeyID(), index.OutcomeNames[o]))
 		}
 	})
 	// Sent after the walk: a slow scraper never holds an index lock.
