@@ -68,15 +68,44 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 		lw := &toolscache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 				l := src.list()
-				return l, wc.List(ctx, l, &client.ListOptions{Raw: &o, Namespace: src.ns})
+				if o.ResourceVersion == "0" {
+					// "Any version" is served from the API server's cache
+					// in one piece, whatever the page size; a consistent
+					// list comes from etcd page by page.
+					o.ResourceVersion = ""
+				}
+				if err := wc.List(ctx, l, &client.ListOptions{Raw: &o, Namespace: src.ns}); err != nil {
+					return nil, err
+				}
+				// The reflector keeps every page until the list is complete:
+				// keep only what the index reads of each object.
+				slim(l)
+				return l, nil
 			},
 			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				return wc.Watch(ctx, src.list(), &client.ListOptions{Raw: &o, Namespace: src.ns})
+				w, err := wc.Watch(ctx, src.list(), &client.ListOptions{Raw: &o, Namespace: src.ns})
+				if err != nil {
+					return nil, err
+				}
+				// With a streaming initial list (watch-list) the reflector
+				// collects every object before handing them over: slim
+				// each as it arrives.
+				// Bookmarks pass untouched: the one that ends the initial
+				// events says so in an annotation.
+				return watch.Filter(w, func(e watch.Event) (watch.Event, bool) {
+					if o, ok := e.Object.(client.Object); ok && e.Type != watch.Bookmark {
+						slimObject(o)
+					}
+					return e, true
+				}), nil
 			},
 		}
 		r := toolscache.NewReflectorWithOptions(lw, src.obj, st, toolscache.ReflectorOptions{
 			Name: fmt.Sprintf("keyward index %T %s", src.obj, src.ns),
 		})
+		// Pages of 500: a replica starting with 100,000 keys never holds
+		// the whole list as one response.
+		r.WatchListPageSize = 500
 		go r.RunWithContext(ctx)
 		pending = append(pending, st)
 	}
@@ -216,4 +245,38 @@ func onRecord(ix *Index, o any) {
 		rec.Keys = append(rec.Keys, Key{ID: k.KeyID, Digest: k.Digest, RevokesAt: revokesAt})
 	}
 	ix.SetRecord(types.NamespacedName{Namespace: r.Namespace, Name: r.Name}, rec)
+}
+
+// slim drops from listed objects what the index does not read, page by
+// page, so a replica that starts with very many keys does not hold them all
+// in full.
+func slim(l client.ObjectList) {
+	switch l := l.(type) {
+	case *kw.ApiKeyList:
+		for i := range l.Items {
+			slimObject(&l.Items[i])
+		}
+	case *kw.ApiKeyRecordList:
+		for i := range l.Items {
+			slimObject(&l.Items[i])
+		}
+	case *corev1.NamespaceList:
+		for i := range l.Items {
+			slimObject(&l.Items[i])
+		}
+	}
+}
+
+// slimObject drops managed fields, annotations and status: the index reads
+// spec, names, labels and the deletion timestamp.
+func slimObject(o client.Object) {
+	o.SetManagedFields(nil)
+	o.SetAnnotations(nil)
+	o.SetOwnerReferences(nil)
+	switch o := o.(type) {
+	case *kw.ApiKey:
+		o.Status = kw.ApiKeyStatus{}
+	case *corev1.Namespace:
+		o.Spec, o.Status = corev1.NamespaceSpec{}, corev1.NamespaceStatus{}
+	}
 }
