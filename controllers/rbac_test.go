@@ -3,9 +3,13 @@ package controllers
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -20,7 +24,7 @@ import (
 
 // TestControllerWorksWithItsGeneratedRole runs the controller as a user
 // that holds only the ClusterRole generated from the RBAC markers: issue,
-// archive and delete must all work with it.
+// rotate, archive and delete must all work with it.
 func TestControllerWorksWithItsGeneratedRole(t *testing.T) {
 	t.Parallel()
 	data, err := os.ReadFile(filepath.Join(testenv.Root(), "config", "rbac", "role.yaml"))
@@ -48,6 +52,36 @@ func TestControllerWorksWithItsGeneratedRole(t *testing.T) {
 	create(t, newKey(ns, "least"))
 	key := waitReason(t, ns, "least", kw.ReasonIssued)
 	verifies(t, get(t, ns, "least", &kw.ApiKeyRecord{}), get(t, ns, "least-apikey", &corev1.Secret{}))
+	raise(t, ns, "least", 1, "1h")
+	key = waitKeyID(t, ns, "least", key.Status.KeyID)
+	verifies(t, get(t, ns, "least", &kw.ApiKeyRecord{}), get(t, ns, "least-apikey", &corev1.Secret{}))
+
+	// Usage collection, with the same identity: it finds replicas from
+	// EndpointSlices and writes usage into status.
+	uc, err := client.New(user.Config(), client.Options{Scheme: NewScheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ServiceEndpoints(uc, ns, "keyward-authn", "metrics")(ctx); err != nil {
+		t.Fatalf("find replicas: %v", err)
+	}
+	report := fmt.Sprintf(`{"replica":"r1","keys":[{"namespace":%q,"name":"least","keyId":%q,"allowed":3,"denied":1}]}`, ns, key.Status.KeyID)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(report)) }))
+	defer srv.Close()
+	cctx, stopCollector := context.WithCancel(ctx)
+	collected := make(chan error, 1)
+	go func() {
+		collected <- (&UsageCollector{Client: uc, Endpoints: StaticEndpoints(srv.URL), Interval: 100 * time.Millisecond,
+			MinWrite: time.Nanosecond, Log: captureLogger().WithValues("namespace", ns)}).Start(cctx)
+	}()
+	eventually(t, 10*time.Second, "the usage in status", func() (bool, string) {
+		k := get(t, ns, "least", &kw.ApiKey{})
+		return k.Status.Usage != nil && k.Status.Usage.Last24h == 3 && k.Status.Usage.Denied24h == 1, fmt.Sprint(k.Status.Usage)
+	})
+	stopCollector()
+	<-collected
+
+	key = get(t, ns, "least", &kw.ApiKey{})
 	patch := client.MergeFrom(key.DeepCopy())
 	key.Spec.Archived = true
 	if err := k8s.Patch(ctx, key, patch); err != nil {

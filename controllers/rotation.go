@@ -67,6 +67,10 @@ func (r *ApiKeyReconciler) rotate(ctx context.Context, key *kw.ApiKey, rec *kw.A
 		return nil, fmt.Errorf("rotate key of %s/%s: %w", key.Namespace, key.Name, err)
 	}
 	sec := live
+	var before *corev1.Secret
+	if live != nil {
+		before = live.DeepCopy()
+	}
 	if sec == nil {
 		// The Secret was deleted: a rotation is the explicit request that
 		// may issue a new key into a new one.
@@ -79,7 +83,9 @@ func (r *ApiKeyReconciler) rotate(ctx context.Context, key *kw.ApiKey, rec *kw.A
 	if live == nil {
 		err = r.Create(ctx, sec, client.FieldOwner(FieldOwner))
 	} else {
-		err = r.Update(ctx, sec, client.FieldOwner(FieldOwner)) // conflicts if the Secret changed since the read
+		// Against the resourceVersion read: a Secret changed since then is
+		// a conflict, and the reconcile starts over.
+		err = r.Patch(ctx, sec, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("write rotated key %s into Secret %s/%s: %w", k.ID, sec.Namespace, sec.Name, err)
