@@ -179,6 +179,12 @@ keyward is running. In another terminal:
 
   curl -i -H "x-api-key: $TOKEN" 'http://127.0.0.1:8180/authn?scope=occupancy:read'    # 200
   curl -i -H "x-api-key: $TOKEN" 'http://127.0.0.1:8180/authn?scope=devices:write'     # 403
+  kubectl get apikeys -A                     # CALLS-24H and LAST USED within a minute
+
+  # rotate: a new key in the same Secret, the old one works for 5 more minutes
+  kubectl -n keyward-demo patch apikey occupancy-reader --type merge -p '{"spec":{"rotation":{"generation":1,"gracePeriod":"5m"}}}'
+  kubectl get apikeypolicies                 # * and *:write only where keyward.dev/write-access=true
+
   kubectl -n keyward-demo patch apikey occupancy-reader --type merge -p '{"spec":{"archived":true}}'
   curl -i -H "x-api-key: $TOKEN" 'http://127.0.0.1:8180/authn'                         # 401 archived
 
