@@ -117,8 +117,8 @@ func (s *Server) write(w http.ResponseWriter, v authn.Verdict) {
 	}
 	if v.Allowed {
 		e := v.Entry
-		h[HeaderKeyID] = e.IDHeader
-		h[HeaderKey] = e.KeyHeader
+		h[HeaderKeyID] = e.IDHeader()
+		h[HeaderKey] = e.KeyHeader()
 		h[HeaderScopes] = e.ScopesHeader()
 		// No body and no explicit WriteHeader: net/http answers 200 with
 		// Content-Length: 0 itself, and every byte or header more is paid on
