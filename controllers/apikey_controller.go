@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -206,7 +207,7 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&kw.ApiKey{}).
+		For(&kw.ApiKey{}, builder.WithPredicates(notUsageOnly)).
 		Owns(&kw.ApiKeyRecord{}).
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.apiKeysForSecret)).
 		// A namespace's labels and the ApiKeyPolicies decide which
@@ -219,6 +220,22 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("apikey").
 		Complete(r)
 }
+
+// notUsageOnly lets through every ApiKey event but an update that changes
+// nothing but the usage figures: the collector writes those up to once a
+// minute per key with traffic, and they change nothing to reconcile.
+var notUsageOnly = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+	old, ok1 := e.ObjectOld.(*kw.ApiKey)
+	cur, ok2 := e.ObjectNew.(*kw.ApiKey)
+	if !ok1 || !ok2 {
+		return true
+	}
+	a, b := old.DeepCopy(), cur.DeepCopy()
+	for _, k := range []*kw.ApiKey{a, b} {
+		k.Status.Usage, k.Status.LastUsedAt, k.ResourceVersion, k.ManagedFields = nil, nil, "", nil
+	}
+	return !equality.Semantic.DeepEqual(a, b)
+}}
 
 // apiKeysIn wakes every ApiKey of a namespace (nil: of all namespaces).
 func (r *ApiKeyReconciler) apiKeysIn(ctx context.Context, ns client.Object) []ctrl.Request {

@@ -8,6 +8,9 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
 )
 
 // TestServiceEndpoints finds the auth endpoint replicas from the
@@ -44,5 +47,30 @@ func TestServiceEndpoints(t *testing.T) {
 	slices.Sort(urls)
 	if want := []string{"http://10.0.0.1:8080", "http://[fd00::3]:8080"}; !slices.Equal(urls, want) {
 		t.Fatalf("replicas %v, want %v", urls, want)
+	}
+}
+
+// Usage writes do not wake the reconciler; every other change does.
+func TestUsageOnlyUpdatesAreSkipped(t *testing.T) {
+	old := newKey("ns", "k", "a:read")
+	old.ResourceVersion = "1"
+	for _, tc := range []struct {
+		name   string
+		change func(*kw.ApiKey)
+		wake   bool
+	}{
+		{"usage", func(k *kw.ApiKey) { k.Status.Usage = &kw.Usage{Last24h: 3}; k.ResourceVersion = "2" }, false},
+		{"last used", func(k *kw.ApiKey) { now := metav1.Now(); k.Status.LastUsedAt = &now; k.ResourceVersion = "2" }, false},
+		{"status wiped", func(k *kw.ApiKey) { k.Status = kw.ApiKeyStatus{} }, true},
+		{"spec", func(k *kw.ApiKey) { k.Spec.Archived = true }, true},
+		{"deletion", func(k *kw.ApiKey) { now := metav1.Now(); k.DeletionTimestamp = &now }, true},
+	} {
+		old := old.DeepCopy()
+		old.Status.State = kw.StateActive
+		cur := old.DeepCopy()
+		tc.change(cur)
+		if got := notUsageOnly.Update(event.UpdateEvent{ObjectOld: old, ObjectNew: cur}); got != tc.wake {
+			t.Errorf("%s: wakes %v, want %v", tc.name, got, tc.wake)
+		}
 	}
 }
