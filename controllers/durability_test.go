@@ -28,12 +28,9 @@ func TestCrashBetweenWritesNeverRegenerates(t *testing.T) {
 	for _, point := range []string{PointSecretWritten, PointRecordWritten} {
 		t.Run(point, func(t *testing.T) {
 			ns := namespace(t)
-			var crashed atomic.Bool
-			m := startManager(t, ns, withCrashAt(func(p string) bool {
-				return p == point && crashed.CompareAndSwap(false, true)
-			}), func(r *ApiKeyReconciler) { r.Client = deadAfter{r.Client, &crashed} })
+			m, waitCrash := startCrashingManager(t, ns, point)
 			create(t, newKey(ns, "fragile"))
-			eventually(t, 10*time.Second, "the injected crash", func() (bool, string) { return crashed.Load(), "" })
+			waitCrash()
 			m.stop() // the process is gone: nothing after the crash point ran
 
 			sec := get(t, ns, "fragile-apikey", &corev1.Secret{})
@@ -57,6 +54,21 @@ func TestCrashBetweenWritesNeverRegenerates(t *testing.T) {
 			}
 			verifies(t, get(t, ns, "fragile", &kw.ApiKeyRecord{}), after)
 		})
+	}
+}
+
+// startCrashingManager starts a controller that dies the first time it
+// reaches the crash point: the reconcile ends there and its client makes
+// no write after. waitCrash waits for that moment.
+func startCrashingManager(t testing.TB, ns, point string) (m *manager, waitCrash func()) {
+	t.Helper()
+	var crashed atomic.Bool
+	m = startManager(t, ns, withCrashAt(func(p string) bool {
+		return p == point && crashed.CompareAndSwap(false, true)
+	}), func(r *ApiKeyReconciler) { r.Client = deadAfter{r.Client, &crashed} })
+	return m, func() {
+		t.Helper()
+		eventually(t, 10*time.Second, "the injected crash at "+point, func() (bool, string) { return crashed.Load(), "" })
 	}
 }
 

@@ -3,7 +3,6 @@ package controllers
 import (
 	"bytes"
 	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -96,14 +95,11 @@ func TestCrashDuringRotationIssuesOneKey(t *testing.T) {
 	for _, point := range []string{PointRotationSecretWritten, PointRotationRecordWritten} {
 		t.Run(point, func(t *testing.T) {
 			ns := namespace(t)
-			var crashed atomic.Bool
-			m := startManager(t, ns, withCrashAt(func(p string) bool {
-				return p == point && crashed.CompareAndSwap(false, true)
-			}), func(r *ApiKeyReconciler) { r.Client = deadAfter{r.Client, &crashed} })
+			m, waitCrash := startCrashingManager(t, ns, point)
 			create(t, newKey(ns, "fragile"))
 			first := waitReason(t, ns, "fragile", kw.ReasonIssued)
 			raise(t, ns, "fragile", 1, "1h")
-			eventually(t, 10*time.Second, "the injected crash", func() (bool, string) { return crashed.Load(), "" })
+			waitCrash()
 			m.stop()
 			written := get(t, ns, "fragile-apikey", &corev1.Secret{})
 			if written.Annotations[kw.AnnotationKeyID] == first.Status.KeyID {

@@ -108,7 +108,7 @@ func (d *Decider) check(id, secret string, required Scopes, now time.Time) Verdi
 }
 
 func (d *Decider) count(e *index.Entry, o index.Outcome, now time.Time) {
-	if !d.NoUsage && e.Usage != nil {
+	if !d.NoUsage {
 		e.Usage.Count(o, now)
 	}
 }

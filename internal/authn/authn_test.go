@@ -202,3 +202,15 @@ func FuzzExtract(f *testing.F) {
 		}
 	})
 }
+
+// Usage is reported under the reasons of the verdicts it counts.
+func TestOutcomeNamesAreReasons(t *testing.T) {
+	for o, reason := range map[index.Outcome]string{
+		index.Allowed: ReasonAllowed, index.WrongSecret: ReasonInvalidKey, index.Archived: ReasonArchived,
+		index.Expired: ReasonExpired, index.InsufficientScope: ReasonInsufficientScope,
+	} {
+		if index.OutcomeNames[o] != reason {
+			t.Errorf("outcome %d is named %q, its verdict's reason is %q", o, index.OutcomeNames[o], reason)
+		}
+	}
+}

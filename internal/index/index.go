@@ -36,8 +36,9 @@ type Entry struct {
 	// expiresAt (ApiKey spec.expiresAt) and revokesAt (end of a rotation's
 	// grace period), Unix nanoseconds, 0 for never.
 	expiresAt, revokesAt int64
-	// Usage counts this key's decisions; it outlives republished entries
-	// of the same key, so a change to the ApiKey loses no count.
+	// Usage counts this key's decisions (never nil); it outlives
+	// republished entries of the same key, so a change to the ApiKey loses
+	// no count.
 	Usage *Usage
 }
 
@@ -116,11 +117,12 @@ type recordedKey struct {
 type state struct {
 	apiKey    ApiKey
 	hasApiKey bool
-	// granted are the scopes of apiKey that its namespace may grant under
-	// the ApiKeyPolicies: what checks see and the scopes header says.
-	granted   *scopeSet
-	hasRecord bool
-	revoked   bool
+	// own are apiKey's scopes, interned; granted are those its namespace
+	// may grant under the ApiKeyPolicies: what checks see and the scopes
+	// header says (own itself when nothing is restricted).
+	own, granted *scopeSet
+	hasRecord    bool
+	revoked      bool
 	// keys are the recorded keys; while both the ApiKey and the record
 	// exist, each has an entry in the shards.
 	keys []recordedKey
@@ -159,7 +161,7 @@ type Index struct {
 	scopeSets map[string]*scopeSet
 	// policies (by name) and the labels of namespaces decide which
 	// restricted scopes a key may use.
-	policies map[string]kw.ApiKeyPolicy
+	policies []kw.ApiKeyPolicy
 	nsLabels map[string]map[string]string
 
 	synced atomic.Bool
@@ -169,7 +171,7 @@ type Index struct {
 // New returns an empty index.
 func New() *Index {
 	ix := &Index{seed: maphash.MakeSeed(), states: map[types.NamespacedName]*state{}, scopeSets: map[string]*scopeSet{},
-		policies: map[string]kw.ApiKeyPolicy{}, nsLabels: map[string]map[string]string{}}
+		nsLabels: map[string]map[string]string{}}
 	for i := range ix.shards {
 		ix.shards[i].m = map[idKey]*Entry{}
 	}
@@ -212,11 +214,12 @@ func (ix *Index) SetApiKey(nn types.NamespacedName, k *ApiKey) {
 		return // a status or metadata change: nothing the check reads
 	}
 	old := ix.publishedIDs(st)
-	st.hasApiKey, st.apiKey, st.granted = k != nil, ApiKey{}, nil
+	st.hasApiKey, st.apiKey, st.own, st.granted = k != nil, ApiKey{}, nil, nil
 	if k != nil {
 		st.apiKey = *k
-		st.apiKey.Scopes = ix.intern(k.Scopes).scopes
-		st.granted = ix.grant(nn.Namespace, st.apiKey.Scopes)
+		st.own = ix.intern(k.Scopes)
+		st.apiKey.Scopes = st.own.scopes
+		st.granted = ix.grant(nn.Namespace, st.own)
 	}
 	ix.rebuild(nn, st, old)
 }
@@ -254,7 +257,7 @@ func (ix *Index) Retain(apiKeys bool, namespace string, keep map[types.Namespace
 		}
 		if apiKeys && st.hasApiKey {
 			old := ix.publishedIDs(st)
-			st.hasApiKey, st.apiKey, st.granted = false, ApiKey{}, nil
+			st.hasApiKey, st.apiKey, st.own, st.granted = false, ApiKey{}, nil, nil
 			ix.rebuild(nn, st, old)
 		} else if !apiKeys && st.hasRecord {
 			old := ix.publishedIDs(st)
@@ -379,20 +382,17 @@ func (e *Entry) Name() string { _, n, _ := strings.Cut(e.Key(), "/"); return n }
 
 // grant returns the scopes a key in namespace may use: its own, less those
 // an ApiKeyPolicy restricts and does not allow there.
-func (ix *Index) grant(namespace string, scopes []string) *scopeSet {
+func (ix *Index) grant(namespace string, own *scopeSet) *scopeSet {
 	if len(ix.policies) == 0 {
-		return ix.intern(scopes)
+		return own
 	}
-	denied := policy.Denied(slices.Collect(maps.Values(ix.policies)), ix.nsLabels[namespace], scopes)
+	denied := policy.Denied(ix.policies, ix.nsLabels[namespace], own.scopes)
 	if len(denied) == 0 {
-		return ix.intern(scopes)
+		return own
 	}
-	kept := make([]string, 0, len(scopes))
-	for _, s := range scopes {
-		if !slices.ContainsFunc(denied, func(d policy.Denial) bool { return d.Scope == s }) {
-			kept = append(kept, s)
-		}
-	}
+	kept := slices.DeleteFunc(slices.Clone(own.scopes), func(s string) bool {
+		return slices.ContainsFunc(denied, func(d policy.Denial) bool { return d.Scope == s })
+	})
 	return ix.intern(kept)
 }
 
@@ -401,32 +401,48 @@ func (ix *Index) grant(namespace string, scopes []string) *scopeSet {
 func (ix *Index) SetPolicy(name string, p *kw.ApiKeyPolicy) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	if p == nil {
-		delete(ix.policies, name)
-	} else {
-		ix.policies[name] = *p
+	i := slices.IndexFunc(ix.policies, func(q kw.ApiKeyPolicy) bool { return q.Name == name })
+	switch {
+	case p == nil && i < 0:
+		return
+	case p == nil:
+		ix.policies = slices.Delete(ix.policies, i, i+1)
+	case i < 0:
+		ix.policies = append(ix.policies, *p)
+	default:
+		ix.policies[i] = *p
 	}
 	ix.regrant(func(string) bool { return true })
 }
 
-// SetNamespace records a namespace's labels; nil removes it.
+// SetNamespace records a namespace's labels; nil removes it. Only a change
+// of labels, with policies in force, can change a key's scopes.
 func (ix *Index) SetNamespace(name string, labels map[string]string) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	old, had := ix.nsLabels[name]
+	if had == (labels != nil) && maps.Equal(old, labels) {
+		return
+	}
 	if labels == nil {
 		delete(ix.nsLabels, name)
 	} else {
 		ix.nsLabels[name] = labels
 	}
-	ix.regrant(func(ns string) bool { return ns == name })
+	if len(ix.policies) > 0 {
+		ix.regrant(func(ns string) bool { return ns == name })
+	}
 }
 
 // RetainPolicies and RetainNamespaces drop what a relist no longer has.
 func (ix *Index) RetainPolicies(keep map[string]bool) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	maps.DeleteFunc(ix.policies, func(name string, _ kw.ApiKeyPolicy) bool { return !keep[name] })
-	ix.regrant(func(string) bool { return true })
+	n := len(ix.policies)
+	ix.policies = slices.DeleteFunc(ix.policies, func(p kw.ApiKeyPolicy) bool { return !keep[p.Name] })
+	if len(ix.policies) != n {
+		ix.regrant(func(string) bool { return true })
+	}
 }
 
 // RetainNamespaces drops the labels of namespaces a relist no longer has.
@@ -434,7 +450,9 @@ func (ix *Index) RetainNamespaces(keep map[string]bool) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	maps.DeleteFunc(ix.nsLabels, func(name string, _ map[string]string) bool { return !keep[name] })
-	ix.regrant(func(ns string) bool { return !keep[ns] })
+	if len(ix.policies) > 0 {
+		ix.regrant(func(ns string) bool { return !keep[ns] })
+	}
 }
 
 // regrant recomputes the granted scopes of the ApiKeys in the namespaces
@@ -444,7 +462,7 @@ func (ix *Index) regrant(in func(namespace string) bool) {
 		if !st.hasApiKey || !in(nn.Namespace) {
 			continue
 		}
-		if g := ix.grant(nn.Namespace, st.apiKey.Scopes); g != st.granted {
+		if g := ix.grant(nn.Namespace, st.own); g != st.granted {
 			old := ix.publishedIDs(st)
 			st.granted = g
 			ix.rebuild(nn, st, old)

@@ -5,8 +5,10 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/internal/keys"
 )
 
@@ -222,5 +224,43 @@ func TestUnchangedApiKeyIsNotRepublished(t *testing.T) {
 	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}, Archived: true})
 	if ix.Lookup(k.ID) == e || !ix.Lookup(k.ID).Archived {
 		t.Fatal("archiving was not published")
+	}
+}
+
+// An ApiKeyPolicy and a namespace's labels decide which of a key's scopes
+// checks see; labels that do not change republish nothing.
+func TestPoliciesAndNamespaceLabels(t *testing.T) {
+	ix := New()
+	nn := types.NamespacedName{Namespace: "team-a", Name: "robot"}
+	k := key(t)
+	ix.SetNamespace("team-a", map[string]string{"write": "yes"})
+	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a:read", "a:write"}})
+	ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
+	scopes := func() string { return ix.Lookup(k.ID).ScopesHeader()[0] }
+	ix.SetPolicy("writes", &kw.ApiKeyPolicy{ObjectMeta: metav1.ObjectMeta{Name: "writes"}, Spec: kw.ApiKeyPolicySpec{
+		RestrictedScopes: []kw.Scope{"*:write"},
+		Allow: []kw.PolicyRule{{NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{"write": "yes"}},
+			Scopes: []kw.Scope{"*:write"}}},
+	}})
+	if got := scopes(); got != "a:read,a:write" {
+		t.Fatalf("allowed namespace: scopes %q", got)
+	}
+	e := ix.Lookup(k.ID)
+	ix.SetNamespace("team-a", map[string]string{"write": "yes"})
+	if ix.Lookup(k.ID) != e {
+		t.Fatal("unchanged labels republished the key")
+	}
+	ix.SetNamespace("team-a", map[string]string{})
+	if got := scopes(); got != "a:read" {
+		t.Fatalf("label removed: scopes %q, want the write scope gone", got)
+	}
+	ix.SetNamespace("team-a", map[string]string{"write": "yes"})
+	if got := scopes(); got != "a:read,a:write" {
+		t.Fatalf("label back: scopes %q", got)
+	}
+	ix.SetNamespace("team-a", map[string]string{})
+	ix.RetainPolicies(map[string]bool{})
+	if got := scopes(); got != "a:read,a:write" {
+		t.Fatalf("policy gone: scopes %q", got)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -79,8 +80,13 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 				}
 				// The reflector keeps every page until the list is complete:
 				// keep only what the index reads of each object.
-				slim(l)
-				return l, nil
+				err := meta.EachListItem(l, func(o runtime.Object) error {
+					if co, ok := o.(client.Object); ok {
+						slimObject(co)
+					}
+					return nil
+				})
+				return l, err
 			},
 			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 				w, err := wc.Watch(ctx, src.list(), &client.ListOptions{Raw: &o, Namespace: src.ns})
@@ -245,26 +251,6 @@ func onRecord(ix *Index, o any) {
 		rec.Keys = append(rec.Keys, Key{ID: k.KeyID, Digest: k.Digest, RevokesAt: revokesAt})
 	}
 	ix.SetRecord(types.NamespacedName{Namespace: r.Namespace, Name: r.Name}, rec)
-}
-
-// slim drops from listed objects what the index does not read, page by
-// page, so a replica that starts with very many keys does not hold them all
-// in full.
-func slim(l client.ObjectList) {
-	switch l := l.(type) {
-	case *kw.ApiKeyList:
-		for i := range l.Items {
-			slimObject(&l.Items[i])
-		}
-	case *kw.ApiKeyRecordList:
-		for i := range l.Items {
-			slimObject(&l.Items[i])
-		}
-	case *corev1.NamespaceList:
-		for i := range l.Items {
-			slimObject(&l.Items[i])
-		}
-	}
 }
 
 // slimObject drops managed fields, annotations and status: the index reads

@@ -37,6 +37,14 @@ func (h envoyHeaders) Get(canonical string) string {
 	return h[strings.ToLower(canonical)]
 }
 
+// The identity headers as Envoy names them (lower case), built once rather
+// than on every check.
+var (
+	grpcHeaderKeyID  = strings.ToLower(HeaderKeyID)
+	grpcHeaderKey    = strings.ToLower(HeaderKey)
+	grpcHeaderScopes = strings.ToLower(HeaderScopes)
+)
+
 // credentialHeaders are removed before the request goes upstream when
 // StripCredentials is on.
 var credentialHeaders = []string{"x-api-key", "x-auth-key", "x-api-auth", "authorization"}
@@ -75,9 +83,9 @@ func header(k, v string) *corev3.HeaderValueOption {
 func checkResponse(v authn.Verdict, strip bool) *authv3.CheckResponse {
 	if v.Allowed {
 		ok := &authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{
-			header(strings.ToLower(HeaderKeyID), v.Entry.KeyID()),
-			header(strings.ToLower(HeaderKey), v.Entry.Key()),
-			header(strings.ToLower(HeaderScopes), v.Entry.ScopesHeader()[0]),
+			header(grpcHeaderKeyID, v.Entry.KeyID()),
+			header(grpcHeaderKey, v.Entry.Key()),
+			header(grpcHeaderScopes, v.Entry.ScopesHeader()[0]),
 		}}
 		if strip {
 			ok.HeadersToRemove = credentialHeaders

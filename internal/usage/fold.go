@@ -35,8 +35,9 @@ func Fold(old *kw.Usage, lastUsed *metav1.Time, obs []Observation, live map[stri
 	}
 	hour := metav1.NewTime(now.UTC().Truncate(Bucket))
 	for _, o := range obs {
+		c := cursor(u, o.Replica, o.KeyID)
 		var was kw.UsageCursor
-		if c := cursor(u, o.Replica, o.KeyID, false); c != nil {
+		if c != nil {
 			was = *c
 		}
 		allowed, denied := increase(was.Allowed, o.Allowed), increase(was.Denied, o.Denied)
@@ -44,7 +45,10 @@ func Fold(old *kw.Usage, lastUsed *metav1.Time, obs []Observation, live map[stri
 			continue
 		}
 		addHour(u, hour, allowed, denied)
-		c := cursor(u, o.Replica, o.KeyID, true)
+		if c == nil {
+			u.Cursors = append(u.Cursors, kw.UsageCursor{Replica: o.Replica, KeyID: o.KeyID})
+			c = &u.Cursors[len(u.Cursors)-1]
+		}
 		c.Allowed, c.Denied, c.SeenAt = int64(o.Allowed), int64(o.Denied), metav1.NewTime(now.UTC().Truncate(time.Second))
 		if !o.LastUsed.IsZero() && (lastUsed == nil || o.LastUsed.Truncate(time.Second).After(lastUsed.Time)) {
 			lastUsed = &metav1.Time{Time: o.LastUsed.UTC().Truncate(time.Second)}
@@ -96,18 +100,14 @@ func increase(cursor int64, total uint64) int64 {
 	return int64(total) - cursor
 }
 
-// cursor finds the cursor of a replica and key ID, or adds it when add.
-func cursor(u *kw.Usage, replica, keyID string, add bool) *kw.UsageCursor {
+// cursor finds the cursor of a replica and key ID, or nil.
+func cursor(u *kw.Usage, replica, keyID string) *kw.UsageCursor {
 	for i := range u.Cursors {
 		if c := &u.Cursors[i]; c.Replica == replica && c.KeyID == keyID {
 			return c
 		}
 	}
-	if !add {
-		return nil
-	}
-	u.Cursors = append(u.Cursors, kw.UsageCursor{Replica: replica, KeyID: keyID})
-	return &u.Cursors[len(u.Cursors)-1]
+	return nil
 }
 
 func addHour(u *kw.Usage, hour metav1.Time, allowed, denied int64) {

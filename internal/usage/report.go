@@ -43,9 +43,6 @@ type KeyCount struct {
 func Snapshot(ix *index.Index, replica string) Report {
 	r := Report{Replica: replica, Keys: []KeyCount{}}
 	ix.Each(func(e *index.Entry) {
-		if e.Usage == nil {
-			return
-		}
 		allowed, denied := e.Usage.Totals()
 		if allowed == 0 && denied == 0 {
 			return
@@ -87,9 +84,6 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) { ch <- m.desc }
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	var out []prometheus.Metric
 	m.Index.Each(func(e *index.Entry) {
-		if e.Usage == nil {
-			return
-		}
 		ns, name := e.Namespace(), e.Name()
 		for o, n := range e.Usage.Counts() {
 			if n == 0 {
