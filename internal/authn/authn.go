@@ -32,8 +32,9 @@ type Verdict struct {
 	Code    int
 	Reason  string
 	Message string
-	// Entry is the key that was presented, once its secret verified.
-	Entry *index.Entry
+	// Identity is the key that was presented, once its secret verified;
+	// zero otherwise.
+	Identity index.Identity
 	// QueryKey: the key came in the query string (the adapter warns).
 	QueryKey bool
 }
@@ -78,37 +79,37 @@ func (d *Decider) Decide(c Credentials, required Scopes, now time.Time) Verdict 
 }
 
 func (d *Decider) check(id, secret string, required Scopes, now time.Time) Verdict {
-	e := d.Index.Lookup(id)
-	if e == nil {
+	e, ok := d.Index.Lookup(id)
+	if !ok {
 		unknownSum.Matches(secret)
 		return invalid
 	}
 	// Every check of a known key counts toward it, denials too: a team sees
 	// a revoked key still being tried.
 	if !e.Sum.Matches(secret) {
-		d.count(e, index.WrongSecret, now)
+		d.count(e.Identity, index.WrongSecret, now)
 		return invalid
 	}
 	// Only a caller who holds the secret learns the key's state.
 	if e.Archived {
-		d.count(e, index.Archived, now)
+		d.count(e.Identity, index.Archived, now)
 		return archived
 	}
 	if e.ExpiredAt(now) {
-		d.count(e, index.Expired, now)
+		d.count(e.Identity, index.Expired, now)
 		return expired
 	}
 	if missing, ok := required.missingFrom(e.Scopes()); !ok {
-		d.count(e, index.InsufficientScope, now)
-		return Verdict{Code: http.StatusForbidden, Reason: ReasonInsufficientScope, Entry: e,
+		d.count(e.Identity, index.InsufficientScope, now)
+		return Verdict{Code: http.StatusForbidden, Reason: ReasonInsufficientScope, Identity: e.Identity,
 			Message: "the API key lacks the scope " + missing}
 	}
-	d.count(e, index.Allowed, now)
-	return Verdict{Allowed: true, Code: http.StatusOK, Reason: ReasonAllowed, Entry: e}
+	d.count(e.Identity, index.Allowed, now)
+	return Verdict{Allowed: true, Code: http.StatusOK, Reason: ReasonAllowed, Identity: e.Identity}
 }
 
-func (d *Decider) count(e *index.Entry, o index.Outcome, now time.Time) {
+func (d *Decider) count(e index.Identity, o index.Outcome, now time.Time) {
 	if !d.NoUsage {
-		e.Usage.Count(o, now)
+		e.Usage().Count(o, now)
 	}
 }

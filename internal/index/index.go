@@ -1,6 +1,17 @@
 // Package index keeps, in memory, what the auth endpoint needs to check a
 // key: key ID → digest, scopes, state and expiry. It is fed by a watch on
 // ApiKeys and ApiKeyRecords and answers lookups without any I/O.
+//
+// The index is laid out for the garbage collector as much as for lookups:
+// an endpoint holds 100,000 keys and more, and each GC cycle marks every
+// object and scans every pointer the index holds, a cost each check pays a
+// share of. So the per-key data sits in flat slices and maps of
+// pointer-free values (slots, owners, recorded keys) that the collector
+// marks without scanning; the strings live in large append-only byte
+// chunks; what a check hands to the response (header values, counters)
+// sits in immutable records allocated in chunks, so a reader can keep
+// using one after the index moved on, and the collector frees a chunk once
+// no one does.
 package index
 
 import (
@@ -11,6 +22,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"k8s.io/apimachinery/pkg/types"
 
@@ -19,53 +31,17 @@ import (
 	"keyward.dev/keyward/internal/policy"
 )
 
-// Entry is one verifiable key. Entries are immutable once published: a
-// change publishes a new Entry, so a reader never sees half an update.
-// Entries are kept small and hold few pointers (the endpoint holds one per
-// key, 100,000 and more, and the garbage collector visits each pointer).
+// Entry is a copy of one verifiable key, taken in one step under the
+// index's lock: a reader never sees half an update.
 type Entry struct {
 	Sum keys.Sum
-	// hdr holds the identity header values, so that answering a check
-	// allocates nothing: the key ID, and the ApiKey's namespace/name.
-	hdr [2]string
-	// set are the scopes the key may use, shared by every entry with the
-	// same ones.
-	set *scopeSet
 	// Archived: the ApiKey is archived or its record revoked.
 	Archived bool
 	// expiresAt (ApiKey spec.expiresAt) and revokesAt (end of a rotation's
 	// grace period), Unix nanoseconds, 0 for never.
 	expiresAt, revokesAt int64
-	// Usage counts this key's decisions (never nil); it outlives
-	// republished entries of the same key, so a change to the ApiKey loses
-	// no count.
-	Usage *Usage
+	Identity
 }
-
-// entryWithUsage puts a key's first entry and its counters in one
-// allocation: one object fewer per key for the garbage collector.
-type entryWithUsage struct {
-	e Entry
-	u Usage
-}
-
-// IDHeader is the key ID as a header value.
-func (e *Entry) IDHeader() []string { return e.hdr[0:1:1] }
-
-// KeyHeader is the ApiKey's namespace/name as a header value.
-func (e *Entry) KeyHeader() []string { return e.hdr[1:2:2] }
-
-// KeyID is the key's public ID.
-func (e *Entry) KeyID() string { return e.hdr[0] }
-
-// Key is the ApiKey's namespace/name.
-func (e *Entry) Key() string { return e.hdr[1] }
-
-// Scopes are the scopes the key may use.
-func (e *Entry) Scopes() []string { return e.set.scopes }
-
-// ScopesHeader is the scopes joined by ",", as a header value.
-func (e *Entry) ScopesHeader() []string { return e.set.header }
 
 // ExpiredAt reports whether the key no longer works at now: expiry and the
 // end of a grace period are judged at request time, so a late controller
@@ -74,6 +50,55 @@ func (e *Entry) ExpiredAt(now time.Time) bool {
 	n := now.UnixNano()
 	return e.expiresAt != 0 && n >= e.expiresAt || e.revokesAt != 0 && n >= e.revokesAt
 }
+
+// Identity names a key and what it may do, for the answer to a check. It
+// stays valid, unchanged, for as long as anyone holds it, whatever the
+// index does meanwhile. The zero Identity is no key.
+type Identity struct {
+	rec *record
+	set *scopeSet
+}
+
+// record is what of a key outlives index updates: the identity header
+// values, and the counters, shared by every publication of the same key of
+// the same ApiKey. Records never change once written.
+type record struct {
+	// hdr holds the identity header values, so that answering a check
+	// allocates nothing: the key ID, and the ApiKey's namespace/name.
+	hdr   [2]string
+	usage *Usage
+}
+
+// Known reports whether the identity is a key's.
+func (id Identity) Known() bool { return id.rec != nil }
+
+// IDHeader is the key ID as a header value.
+func (id Identity) IDHeader() []string { return id.rec.hdr[0:1:1] }
+
+// KeyHeader is the ApiKey's namespace/name as a header value.
+func (id Identity) KeyHeader() []string { return id.rec.hdr[1:2:2] }
+
+// KeyID is the key's public ID.
+func (id Identity) KeyID() string { return id.rec.hdr[0] }
+
+// Key is the ApiKey's namespace/name.
+func (id Identity) Key() string { return id.rec.hdr[1] }
+
+// Namespace is the ApiKey's namespace.
+func (id Identity) Namespace() string { ns, _, _ := strings.Cut(id.Key(), "/"); return ns }
+
+// Name is the ApiKey's name.
+func (id Identity) Name() string { _, n, _ := strings.Cut(id.Key(), "/"); return n }
+
+// Scopes are the scopes the key may use.
+func (id Identity) Scopes() []string { return id.set.scopes }
+
+// ScopesHeader is the scopes joined by ",", as a header value.
+func (id Identity) ScopesHeader() []string { return id.set.header }
+
+// Usage counts this key's decisions. It outlives republished entries of
+// the same key, so a change to the ApiKey loses no count.
+func (id Identity) Usage() *Usage { return id.rec.usage }
 
 func unixNano(t time.Time) int64 {
 	if t.IsZero() {
@@ -89,10 +114,6 @@ type ApiKey struct {
 	ExpiresAt time.Time
 }
 
-func (a *ApiKey) equal(b *ApiKey) bool {
-	return a.Archived == b.Archived && a.ExpiresAt.Equal(b.ExpiresAt) && slices.Equal(a.Scopes, b.Scopes)
-}
-
 // Key is what the index needs of one recorded key.
 type Key struct {
 	ID        string
@@ -106,39 +127,6 @@ type Record struct {
 	Revoked bool
 }
 
-// recordedKey is a Key with its digest parsed: 32 bytes, not 71 characters.
-type recordedKey struct {
-	id        string
-	sum       keys.Sum
-	revokesAt int64 // Unix nanoseconds, 0 for never
-}
-
-// state is all the index holds for one ApiKey.
-type state struct {
-	apiKey    ApiKey
-	hasApiKey bool
-	// own are apiKey's scopes, interned; granted are those its namespace
-	// may grant under the ApiKeyPolicies: what checks see and the scopes
-	// header says (own itself when nothing is restricted).
-	own, granted *scopeSet
-	hasRecord    bool
-	revoked      bool
-	// keys are the recorded keys; while both the ApiKey and the record
-	// exist, each has an entry in the shards.
-	keys []recordedKey
-}
-
-func (st *state) published() bool { return st.hasApiKey && st.hasRecord }
-
-const shardCount = 64
-
-type shard struct {
-	mu sync.RWMutex
-	// m is keyed by the key ID's 16 bytes, kept in the map itself: a lookup
-	// follows no pointer to compare keys.
-	m map[idKey]*Entry
-}
-
 type idKey [keys.KeyIDLen]byte
 
 func keyOf(id string) (k idKey, ok bool) {
@@ -149,16 +137,126 @@ func keyOf(id string) (k idKey, ok bool) {
 	return k, true
 }
 
+func (k *idKey) String() string { return unsafe.String(&k[0], len(k)) }
+
+// none is the end of a list of uint32 indexes.
+const none = ^uint32(0)
+
+// --- What checks read: shards of slots. ---
+
+const shardCount = 64
+
+// slot is one published key: what a check compares and judges.
+type slot struct {
+	sum                  keys.Sum
+	expiresAt, revokesAt int64
+	archived             bool
+}
+
+// slotRefs are a slot's pointers, apart so that slots hold none.
+type slotRefs struct {
+	rec *record
+	set *scopeSet
+}
+
+type shard struct {
+	mu sync.RWMutex
+	// m maps a key ID's 16 bytes to its slot: keys and values without
+	// pointers, which the collector never scans.
+	m     map[idKey]uint32
+	slots []slot
+	refs  []slotRefs
+	free  []uint32
+	// records and their strings are allocated here; dead counts the
+	// records no slot uses any more, which a compaction drops.
+	recs       []record
+	bytes      byteArena
+	live, dead int
+}
+
+func (s *shard) newRecord(id, full string, u *Usage) *record {
+	if len(s.recs) == cap(s.recs) {
+		s.recs = make([]record, 0, 1024)
+	}
+	s.recs = append(s.recs, record{hdr: [2]string{s.bytes.str(id), s.bytes.str(full)}, usage: u})
+	s.live++
+	return &s.recs[len(s.recs)-1]
+}
+
+// compact copies the live records into fresh chunks once most are dead
+// (keys removed or taken over). Checks that hold an old record keep its
+// chunk alive until they are done.
+func (s *shard) compact() {
+	if s.dead < 1024 || s.dead < s.live {
+		return
+	}
+	s.recs, s.bytes, s.live, s.dead = nil, byteArena{}, 0, 0
+	for _, i := range s.m {
+		old := s.refs[i].rec
+		s.refs[i].rec = s.newRecord(old.hdr[0], old.hdr[1], old.usage)
+	}
+}
+
+// byteArena hands out strings carved from large byte chunks that are never
+// written again: one object for the collector instead of one per string.
+type byteArena struct{ buf []byte }
+
+func (a *byteArena) str(s string) string {
+	if s == "" {
+		return ""
+	}
+	if cap(a.buf)-len(a.buf) < len(s) {
+		a.buf = make([]byte, 0, max(64<<10, len(s)))
+	}
+	start := len(a.buf)
+	a.buf = append(a.buf, s...)
+	return unsafe.String(&a.buf[start], len(s))
+}
+
+// --- What updates read and write: owners (ApiKeys) and recorded keys. ---
+
+// owner is all the index holds for one ApiKey, with no pointers.
+type owner struct {
+	hasApiKey, archived bool
+	hasRecord, revoked  bool
+	expiresAt           int64
+	// own are the ApiKey's scopes, interned; granted are those its
+	// namespace may grant under the ApiKeyPolicies: what checks see and
+	// the scopes header says (own itself when nothing is restricted).
+	own, granted uint32
+	// keys is the first of the recorded keys (a list through rkey.next):
+	// while both the ApiKey and the record exist, each has a slot.
+	keys uint32
+}
+
+func (o *owner) published() bool { return o.hasApiKey && o.hasRecord }
+
+// rkey is one recorded key, its digest parsed: 32 bytes, not 71 characters.
+type rkey struct {
+	id        idKey
+	sum       keys.Sum
+	revokesAt int64 // Unix nanoseconds, 0 for never
+	next      uint32
+}
+
 // Index maps key IDs to entries. Lookups take one shard's read lock and do
-// no allocation; updates rebuild the entries of one ApiKey.
+// no allocation; updates rebuild the slots of one ApiKey.
 type Index struct {
 	seed   maphash.Seed
 	shards [shardCount]shard
 
-	mu     sync.Mutex // serialises writers; guards states and scopeSets
-	states map[types.NamespacedName]*state
-	// scopeSets interns scope lists: keys with the same scopes share them.
-	scopeSets map[string]*scopeSet
+	mu sync.Mutex // serialises writers; guards everything below
+	// names maps "namespace/name" (strings from nameBytes) to an owner.
+	names                    map[string]uint32
+	nameBytes                byteArena
+	liveNameLen, deadNameLen int
+	owners                   []owner
+	freeOwners               []uint32
+	rkeys                    []rkey
+	freeRkeys                []uint32
+	// sets interns scope lists: keys with the same scopes share them.
+	sets   []*scopeSet
+	setIDs map[string]uint32
 	// policies (by name) and the labels of namespaces decide which
 	// restricted scopes a key may use.
 	policies []kw.ApiKeyPolicy
@@ -166,33 +264,40 @@ type Index struct {
 
 	synced atomic.Bool
 	size   atomic.Int64
+	// writes counts slot writes, for tests of what republishes.
+	writes atomic.Int64
 }
 
 // New returns an empty index.
 func New() *Index {
-	ix := &Index{seed: maphash.MakeSeed(), states: map[types.NamespacedName]*state{}, scopeSets: map[string]*scopeSet{},
+	ix := &Index{seed: maphash.MakeSeed(), names: map[string]uint32{}, setIDs: map[string]uint32{},
 		nsLabels: map[string]map[string]string{}}
 	for i := range ix.shards {
-		ix.shards[i].m = map[idKey]*Entry{}
+		ix.shards[i].m = map[idKey]uint32{}
 	}
 	return ix
 }
 
-func (ix *Index) shard(id string) *shard {
-	return &ix.shards[maphash.String(ix.seed, id)%shardCount]
+func (ix *Index) shard(k *idKey) *shard {
+	return &ix.shards[maphash.Bytes(ix.seed, k[:])%shardCount]
 }
 
-// Lookup returns the entry of a key ID, or nil.
-func (ix *Index) Lookup(id string) *Entry {
-	k, ok := keyOf(id)
-	if !ok {
-		return nil
+// Lookup returns the entry of a key ID.
+func (ix *Index) Lookup(id string) (e Entry, found bool) {
+	k, valid := keyOf(id)
+	if !valid {
+		return e, false
 	}
-	s := ix.shard(id)
+	s := ix.shard(&k)
 	s.mu.RLock()
-	e := s.m[k]
+	if i, ok := s.m[k]; ok {
+		sl, r := &s.slots[i], &s.refs[i]
+		e = Entry{Sum: sl.sum, Archived: sl.archived, expiresAt: sl.expiresAt, revokesAt: sl.revokesAt,
+			Identity: Identity{rec: r.rec, set: r.set}}
+		found = true
+	}
 	s.mu.RUnlock()
-	return e
+	return e, found
 }
 
 // Len is the number of verifiable keys.
@@ -204,45 +309,133 @@ func (ix *Index) Synced() bool { return ix.synced.Load() }
 // MarkSynced is called once the watch has delivered its initial list.
 func (ix *Index) MarkSynced() { ix.synced.Store(true) }
 
+func fullName(nn types.NamespacedName) string { return nn.Namespace + "/" + nn.Name }
+
+// owner returns the index of nn's owner, adding one if create.
+func (ix *Index) owner(full string, create bool) (uint32, bool) {
+	if oi, ok := ix.names[full]; ok {
+		return oi, true
+	}
+	if !create {
+		return 0, false
+	}
+	var oi uint32
+	if n := len(ix.freeOwners); n > 0 {
+		oi, ix.freeOwners = ix.freeOwners[n-1], ix.freeOwners[:n-1]
+	} else {
+		oi = uint32(len(ix.owners))
+		ix.owners = append(ix.owners, owner{})
+	}
+	ix.owners[oi] = owner{keys: none}
+	ix.names[ix.nameBytes.str(full)] = oi
+	ix.liveNameLen += len(full)
+	return oi, true
+}
+
+// dropOwner forgets an owner with neither ApiKey nor record.
+func (ix *Index) dropOwner(full string, oi uint32) {
+	delete(ix.names, full)
+	ix.owners[oi] = owner{}
+	ix.freeOwners = append(ix.freeOwners, oi)
+	ix.liveNameLen -= len(full)
+	ix.deadNameLen += len(full)
+	if ix.deadNameLen > 64<<10 && ix.deadNameLen > ix.liveNameLen {
+		// Copy the live names into fresh chunks: the dead ones go with
+		// the old.
+		names := make(map[string]uint32, len(ix.names))
+		ix.nameBytes, ix.deadNameLen = byteArena{}, 0
+		for n, i := range ix.names {
+			names[ix.nameBytes.str(n)] = i
+		}
+		ix.names = names
+	}
+}
+
 // SetApiKey records an ApiKey; nil removes it (deleted or being deleted),
 // which revokes its keys at once.
 func (ix *Index) SetApiKey(nn types.NamespacedName, k *ApiKey) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	st := ix.state(nn)
-	if k != nil && st.hasApiKey && st.apiKey.equal(k) {
+	full := fullName(nn)
+	oi, ok := ix.owner(full, k != nil)
+	if !ok {
+		return
+	}
+	o := &ix.owners[oi]
+	if k == nil {
+		if !o.hasApiKey {
+			return
+		}
+		old := ix.publishedIDs(o)
+		o.hasApiKey, o.archived, o.expiresAt, o.own, o.granted = false, false, 0, 0, 0
+		ix.rebuild(full, oi, old)
+		return
+	}
+	own := ix.intern(k.Scopes)
+	expiresAt := unixNano(k.ExpiresAt)
+	if o.hasApiKey && o.own == own && o.archived == k.Archived && o.expiresAt == expiresAt {
 		return // a status or metadata change: nothing the check reads
 	}
-	old := ix.publishedIDs(st)
-	st.hasApiKey, st.apiKey, st.own, st.granted = k != nil, ApiKey{}, nil, nil
-	if k != nil {
-		st.apiKey = *k
-		st.own = ix.intern(k.Scopes)
-		st.apiKey.Scopes = st.own.scopes
-		st.granted = ix.grant(nn.Namespace, st.own)
-	}
-	ix.rebuild(nn, st, old)
+	old := ix.publishedIDs(o)
+	o.hasApiKey, o.archived, o.expiresAt, o.own = true, k.Archived, expiresAt, own
+	o.granted = ix.grant(nn.Namespace, own)
+	ix.rebuild(full, oi, old)
 }
 
 // SetRecord records an ApiKeyRecord; nil removes it.
 func (ix *Index) SetRecord(nn types.NamespacedName, r *Record) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	st := ix.state(nn)
-	old := ix.publishedIDs(st)
-	st.hasRecord, st.revoked, st.keys = r != nil, false, nil
+	full := fullName(nn)
+	oi, ok := ix.owner(full, r != nil)
+	if !ok {
+		return
+	}
+	o := &ix.owners[oi]
+	old := ix.publishedIDs(o)
+	ix.freeKeys(o)
+	o.hasRecord, o.revoked = r != nil, false
 	if r != nil {
-		st.revoked = r.Revoked
-		st.keys = make([]recordedKey, 0, len(r.Keys))
+		o.revoked = r.Revoked
+		last := none
 		for _, k := range r.Keys {
 			sum, err := keys.ParseDigest(k.Digest)
-			if err != nil || !keys.ValidID(k.ID) {
+			id, okID := keyOf(k.ID)
+			if err != nil || !okID || !keys.ValidID(k.ID) {
 				continue // the CRD's validation keeps these out; never verify garbage
 			}
-			st.keys = append(st.keys, recordedKey{id: k.ID, sum: sum, revokesAt: unixNano(k.RevokesAt)})
+			// newKey may move ix.rkeys: link by index, not by pointer.
+			ki := ix.newKey(rkey{id: id, sum: sum, revokesAt: unixNano(k.RevokesAt), next: none})
+			if last == none {
+				ix.owners[oi].keys = ki
+			} else {
+				ix.rkeys[last].next = ki
+			}
+			last = ki
 		}
 	}
-	ix.rebuild(nn, st, old)
+	ix.rebuild(full, oi, old)
+}
+
+func (ix *Index) newKey(k rkey) uint32 {
+	if n := len(ix.freeRkeys); n > 0 {
+		i := ix.freeRkeys[n-1]
+		ix.freeRkeys = ix.freeRkeys[:n-1]
+		ix.rkeys[i] = k
+		return i
+	}
+	ix.rkeys = append(ix.rkeys, k)
+	return uint32(len(ix.rkeys) - 1)
+}
+
+func (ix *Index) freeKeys(o *owner) {
+	for ki := o.keys; ki != none; {
+		next := ix.rkeys[ki].next
+		ix.rkeys[ki] = rkey{}
+		ix.freeRkeys = append(ix.freeRkeys, ki)
+		ki = next
+	}
+	o.keys = none
 }
 
 // Retain removes the ApiKeys (apiKeys true) or records (false) of namespace
@@ -251,18 +444,22 @@ func (ix *Index) SetRecord(nn types.NamespacedName, r *Record) {
 func (ix *Index) Retain(apiKeys bool, namespace string, keep map[types.NamespacedName]bool) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	for nn, st := range ix.states {
-		if keep[nn] || namespace != "" && nn.Namespace != namespace {
+	for _, full := range slices.Collect(maps.Keys(ix.names)) {
+		ns, name, _ := strings.Cut(full, "/")
+		if keep[types.NamespacedName{Namespace: ns, Name: name}] || namespace != "" && ns != namespace {
 			continue
 		}
-		if apiKeys && st.hasApiKey {
-			old := ix.publishedIDs(st)
-			st.hasApiKey, st.apiKey, st.own, st.granted = false, ApiKey{}, nil, nil
-			ix.rebuild(nn, st, old)
-		} else if !apiKeys && st.hasRecord {
-			old := ix.publishedIDs(st)
-			st.hasRecord, st.revoked, st.keys = false, false, nil
-			ix.rebuild(nn, st, old)
+		oi := ix.names[full]
+		o := &ix.owners[oi]
+		if apiKeys && o.hasApiKey {
+			old := ix.publishedIDs(o)
+			o.hasApiKey, o.archived, o.expiresAt, o.own, o.granted = false, false, 0, 0, 0
+			ix.rebuild(full, oi, old)
+		} else if !apiKeys && o.hasRecord {
+			old := ix.publishedIDs(o)
+			ix.freeKeys(o)
+			o.hasRecord, o.revoked = false, false
+			ix.rebuild(full, oi, old)
 		}
 	}
 }
@@ -273,124 +470,131 @@ type scopeSet struct {
 	header []string
 }
 
-// intern returns the shared copy of a scope list. Sets no key uses any more
-// stay: there are few distinct ones.
-func (ix *Index) intern(scopes []string) *scopeSet {
+// intern returns the number of the shared copy of a scope list. Sets no
+// key uses any more stay: there are few distinct ones.
+func (ix *Index) intern(scopes []string) uint32 {
 	joined := strings.Join(scopes, ",")
-	if set, ok := ix.scopeSets[joined]; ok {
-		return set
+	if i, ok := ix.setIDs[joined]; ok {
+		return i
 	}
-	set := &scopeSet{scopes: slices.Clone(scopes), header: []string{joined}}
-	ix.scopeSets[joined] = set
-	return set
+	i := uint32(len(ix.sets))
+	ix.sets = append(ix.sets, &scopeSet{scopes: slices.Clone(scopes), header: []string{joined}})
+	ix.setIDs[joined] = i
+	return i
 }
 
-func (ix *Index) state(nn types.NamespacedName) *state {
-	st := ix.states[nn]
-	if st == nil {
-		st = &state{}
-		ix.states[nn] = st
-	}
-	return st
-}
-
-// publishedIDs are the key IDs an ApiKey has entries for; call it before
+// publishedIDs are the key IDs an ApiKey has slots for; call it before
 // changing the state they were built from.
-func (ix *Index) publishedIDs(st *state) []string {
-	if !st.published() {
+func (ix *Index) publishedIDs(o *owner) []idKey {
+	if !o.published() {
 		return nil
 	}
-	ids := make([]string, len(st.keys))
-	for i, k := range st.keys {
-		ids[i] = k.id
+	var ids []idKey
+	for ki := o.keys; ki != none; ki = ix.rkeys[ki].next {
+		ids = append(ids, ix.rkeys[ki].id)
 	}
 	return ids
 }
 
-// rebuild publishes the entries of one ApiKey (one per recorded key, only
+// rebuild publishes the slots of one ApiKey (one per recorded key, only
 // while both the ApiKey and its record exist), then removes those of old
 // that it no longer has. A key that stays is replaced in one step: a
 // concurrent check sees the old entry or the new one, never none.
-func (ix *Index) rebuild(nn types.NamespacedName, st *state, old []string) {
-	full := nn.Namespace + "/" + nn.Name
-	var now []string
-	if st.published() {
-		ak := &st.apiKey
-		for _, k := range st.keys {
-			fresh := Entry{
-				Sum: k.sum, hdr: [2]string{k.id, full}, set: st.granted,
-				Archived:  ak.Archived || st.revoked,
-				expiresAt: unixNano(ak.ExpiresAt), revokesAt: k.revokesAt,
-			}
-			mk, _ := keyOf(k.id) // recorded IDs are checked valid
-			s := ix.shard(k.id)
-			s.mu.Lock()
-			prev, dup := s.m[mk]
-			var e *Entry
-			if dup && prev.Key() == full {
-				e = &fresh
-				e.Usage = prev.Usage
-			} else {
-				a := &entryWithUsage{e: fresh}
-				e = &a.e
-				e.Usage = &a.u
-			}
-			if !dup {
-				ix.size.Add(1)
-			}
-			s.m[mk] = e
-			s.mu.Unlock()
+func (ix *Index) rebuild(full string, oi uint32, old []idKey) {
+	o := &ix.owners[oi]
+	var now []idKey
+	if o.published() {
+		set := ix.sets[o.granted]
+		for ki := o.keys; ki != none; ki = ix.rkeys[ki].next {
+			k := &ix.rkeys[ki]
+			ix.publish(k, full, set, slot{sum: k.sum, archived: o.archived || o.revoked,
+				expiresAt: o.expiresAt, revokesAt: k.revokesAt})
 			now = append(now, k.id)
 		}
 	}
 	for _, id := range old {
-		if slices.Contains(now, id) {
-			continue
+		if !slices.Contains(now, id) {
+			ix.unpublish(&id, full)
 		}
-		mk, _ := keyOf(id)
-		s := ix.shard(id)
-		s.mu.Lock()
-		if e, ok := s.m[mk]; ok && e.Key() == full {
-			delete(s.m, mk)
-			ix.size.Add(-1)
-		}
-		s.mu.Unlock()
 	}
-	if !st.hasApiKey && !st.hasRecord {
-		delete(ix.states, nn)
+	if !o.hasApiKey && !o.hasRecord {
+		ix.dropOwner(full, oi)
 	}
 }
 
-// Each calls fn with every entry, shard by shard, under the shard's read
+func (ix *Index) publish(k *rkey, full string, set *scopeSet, fresh slot) {
+	s := ix.shard(&k.id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ix.writes.Add(1)
+	i, dup := s.m[k.id]
+	switch {
+	case dup && s.refs[i].rec.hdr[1] == full:
+		// The same key of the same ApiKey: its record and counts stay.
+		s.slots[i], s.refs[i].set = fresh, set
+		return
+	case dup:
+		// Another ApiKey recorded the same ID: the newer takes it over.
+		s.live--
+		s.dead++
+	default:
+		if n := len(s.free); n > 0 {
+			i, s.free = s.free[n-1], s.free[:n-1]
+		} else {
+			i = uint32(len(s.slots))
+			s.slots, s.refs = append(s.slots, slot{}), append(s.refs, slotRefs{})
+		}
+		s.m[k.id] = i
+		ix.size.Add(1)
+	}
+	s.slots[i] = fresh
+	s.refs[i] = slotRefs{rec: s.newRecord(k.id.String(), full, new(Usage)), set: set}
+	s.compact()
+}
+
+func (ix *Index) unpublish(id *idKey, full string) {
+	s := ix.shard(id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i, ok := s.m[*id]
+	if !ok || s.refs[i].rec.hdr[1] != full {
+		return // taken over by another ApiKey
+	}
+	ix.writes.Add(1)
+	delete(s.m, *id)
+	s.slots[i], s.refs[i] = slot{}, slotRefs{}
+	s.free = append(s.free, i)
+	s.live--
+	s.dead++
+	ix.size.Add(-1)
+	s.compact()
+}
+
+// Each calls fn with every key, shard by shard, under the shard's read
 // lock: fn must be quick and must not call back into the index.
-func (ix *Index) Each(fn func(*Entry)) {
+func (ix *Index) Each(fn func(Identity)) {
 	for i := range ix.shards {
 		s := &ix.shards[i]
 		s.mu.RLock()
-		for _, e := range s.m {
-			fn(e)
+		for _, j := range s.m {
+			fn(Identity{rec: s.refs[j].rec, set: s.refs[j].set})
 		}
 		s.mu.RUnlock()
 	}
 }
 
-// Namespace and Name are the ApiKey's.
-func (e *Entry) Namespace() string { ns, _, _ := strings.Cut(e.Key(), "/"); return ns }
-
-// Name is the ApiKey's name.
-func (e *Entry) Name() string { _, n, _ := strings.Cut(e.Key(), "/"); return n }
-
 // grant returns the scopes a key in namespace may use: its own, less those
 // an ApiKeyPolicy restricts and does not allow there.
-func (ix *Index) grant(namespace string, own *scopeSet) *scopeSet {
+func (ix *Index) grant(namespace string, own uint32) uint32 {
 	if len(ix.policies) == 0 {
 		return own
 	}
-	denied := policy.Denied(ix.policies, ix.nsLabels[namespace], own.scopes)
+	scopes := ix.sets[own].scopes
+	denied := policy.Denied(ix.policies, ix.nsLabels[namespace], scopes)
 	if len(denied) == 0 {
 		return own
 	}
-	kept := slices.DeleteFunc(slices.Clone(own.scopes), func(s string) bool {
+	kept := slices.DeleteFunc(slices.Clone(scopes), func(s string) bool {
 		return slices.ContainsFunc(denied, func(d policy.Denial) bool { return d.Scope == s })
 	})
 	return ix.intern(kept)
@@ -458,14 +662,16 @@ func (ix *Index) RetainNamespaces(keep map[string]bool) {
 // regrant recomputes the granted scopes of the ApiKeys in the namespaces
 // in, and republishes those that changed.
 func (ix *Index) regrant(in func(namespace string) bool) {
-	for nn, st := range ix.states {
-		if !st.hasApiKey || !in(nn.Namespace) {
+	for full, oi := range ix.names {
+		o := &ix.owners[oi]
+		ns, _, _ := strings.Cut(full, "/")
+		if !o.hasApiKey || !in(ns) {
 			continue
 		}
-		if g := ix.grant(nn.Namespace, st.own); g != st.granted {
-			old := ix.publishedIDs(st)
-			st.granted = g
-			ix.rebuild(nn, st, old)
+		if g := ix.grant(ns, o.own); g != o.granted {
+			old := ix.publishedIDs(o)
+			o.granted = g
+			ix.rebuild(full, oi, old)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package index
 
 import (
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -25,16 +26,18 @@ func TestEntryNeedsBothApiKeyAndRecord(t *testing.T) {
 	nn := types.NamespacedName{Namespace: "team-a", Name: "reader"}
 	k := key(t)
 	ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
-	if ix.Lookup(k.ID) != nil {
+	if _, ok := ix.Lookup(k.ID); ok {
 		t.Fatal("a record without its ApiKey verifies")
 	}
 	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a:read", "b:write"}})
-	e := ix.Lookup(k.ID)
-	if e == nil || e.Key() != "team-a/reader" || e.ScopesHeader()[0] != "a:read,b:write" || !e.Sum.Matches(k.Secret) || ix.Len() != 1 {
+	e, ok := ix.Lookup(k.ID)
+	if !ok || e.Key() != "team-a/reader" || e.Namespace() != "team-a" || e.Name() != "reader" || e.KeyID() != k.ID ||
+		e.IDHeader()[0] != k.ID || e.KeyHeader()[0] != "team-a/reader" ||
+		e.ScopesHeader()[0] != "a:read,b:write" || !e.Sum.Matches(k.Secret) || ix.Len() != 1 {
 		t.Fatalf("entry %+v, len %d", e, ix.Len())
 	}
 	ix.SetApiKey(nn, nil) // deleted: revoked at once
-	if ix.Lookup(k.ID) != nil || ix.Len() != 0 {
+	if _, ok := ix.Lookup(k.ID); ok || ix.Len() != 0 {
 		t.Fatal("a deleted ApiKey's key still verifies")
 	}
 }
@@ -45,12 +48,12 @@ func TestRevokedRecordAndArchivedApiKeyMarkEntries(t *testing.T) {
 	k := key(t)
 	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}})
 	ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}, Revoked: true})
-	if e := ix.Lookup(k.ID); e == nil || !e.Archived {
+	if e, ok := ix.Lookup(k.ID); !ok || !e.Archived {
 		t.Fatal("revoked record not archived")
 	}
 	ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
 	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}, Archived: true})
-	if e := ix.Lookup(k.ID); e == nil || !e.Archived {
+	if e, ok := ix.Lookup(k.ID); !ok || !e.Archived {
 		t.Fatal("archived ApiKey not archived")
 	}
 }
@@ -65,13 +68,14 @@ func TestRotationKeepsBothKeysUntilTheGraceEnds(t *testing.T) {
 	if ix.Len() != 2 {
 		t.Fatalf("%d entries", ix.Len())
 	}
-	o := ix.Lookup(old.ID)
-	if o.ExpiredAt(end.Add(-time.Second)) || !o.ExpiredAt(end) || ix.Lookup(cur.ID).ExpiredAt(end.Add(time.Hour)) {
+	o, _ := ix.Lookup(old.ID)
+	c, _ := ix.Lookup(cur.ID)
+	if o.ExpiredAt(end.Add(-time.Second)) || !o.ExpiredAt(end) || c.ExpiredAt(end.Add(time.Hour)) {
 		t.Fatal("grace period not judged at request time")
 	}
 	// The rotation finishes: the old key leaves the record.
 	ix.SetRecord(nn, &Record{Keys: []Key{{ID: cur.ID, Digest: cur.Digest()}}})
-	if ix.Lookup(old.ID) != nil || ix.Len() != 1 {
+	if _, ok := ix.Lookup(old.ID); ok || ix.Len() != 1 {
 		t.Fatal("old key still there")
 	}
 }
@@ -95,11 +99,16 @@ func TestRetainDropsWhatARelistNoLongerHas(t *testing.T) {
 		ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
 	}
 	ix.Retain(true, "x", map[types.NamespacedName]bool{})
-	if ix.Lookup(ka.ID) != nil || ix.Lookup(kb.ID) == nil {
-		t.Fatal("Retain for namespace x did not drop only x's ApiKey")
+	if _, ok := ix.Lookup(ka.ID); ok {
+		t.Fatal("Retain for namespace x did not drop x's ApiKey")
 	}
-	if s1, s2 := ix.Lookup(kb.ID).Scopes(), ix.states[a]; s2 == nil || &s1[0] == nil {
-		t.Fatal("state lost")
+	if _, ok := ix.Lookup(kb.ID); !ok {
+		t.Fatal("Retain for namespace x dropped y's ApiKey")
+	}
+	// x's record stays: the ApiKey coming back publishes the key again.
+	ix.SetApiKey(a, &ApiKey{Scopes: []string{"s"}})
+	if _, ok := ix.Lookup(ka.ID); !ok {
+		t.Fatal("record lost")
 	}
 }
 
@@ -113,7 +122,9 @@ func TestScopesAreShared(t *testing.T) {
 		ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
 		ids = append(ids, k.ID)
 	}
-	if &ix.Lookup(ids[0]).Scopes()[0] != &ix.Lookup(ids[1]).Scopes()[0] {
+	e0, _ := ix.Lookup(ids[0])
+	e1, _ := ix.Lookup(ids[1])
+	if &e0.Scopes()[0] != &e1.Scopes()[0] {
 		t.Fatal("identical scope lists are not shared")
 	}
 }
@@ -139,8 +150,8 @@ func TestLookupsDuringUpdates(t *testing.T) {
 				default:
 				}
 				for _, k := range ks {
-					if e := ix.Lookup(k.ID); e != nil && !e.Sum.Matches(k.Secret) {
-						t.Error("entry with a foreign digest")
+					if e, ok := ix.Lookup(k.ID); ok && (!e.Sum.Matches(k.Secret) || e.KeyID() != k.ID) {
+						t.Error("entry with a foreign digest or identity")
 						return
 					}
 				}
@@ -170,7 +181,8 @@ func TestUpdatesNeverHideALiveKeyAndKeepCounts(t *testing.T) {
 	k, k2 := key(t), key(t)
 	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}})
 	ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
-	ix.Lookup(k.ID).Usage.Count(Allowed, time.Now())
+	e, _ := ix.Lookup(k.ID)
+	e.Usage().Count(Allowed, time.Now())
 
 	stop := make(chan struct{})
 	missing := make(chan int, 1)
@@ -183,7 +195,7 @@ func TestUpdatesNeverHideALiveKeyAndKeepCounts(t *testing.T) {
 				return
 			default:
 			}
-			if ix.Lookup(k.ID) == nil {
+			if _, ok := ix.Lookup(k.ID); !ok {
 				n++
 			}
 		}
@@ -200,10 +212,11 @@ func TestUpdatesNeverHideALiveKeyAndKeepCounts(t *testing.T) {
 	if n := <-missing; n != 0 {
 		t.Fatalf("a live key was missing from %d lookups during updates", n)
 	}
-	if a, _ := ix.Lookup(k.ID).Usage.Totals(); a != 1 {
+	e, _ = ix.Lookup(k.ID)
+	if a, _ := e.Usage().Totals(); a != 1 {
 		t.Fatalf("the count was lost on republish: %d", a)
 	}
-	if ix.Lookup(k2.ID) != nil || ix.Len() != 1 {
+	if _, ok := ix.Lookup(k2.ID); ok || ix.Len() != 1 {
 		t.Fatalf("the dropped key still verifies (len %d)", ix.Len())
 	}
 }
@@ -216,13 +229,13 @@ func TestUnchangedApiKeyIsNotRepublished(t *testing.T) {
 	k := key(t)
 	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}})
 	ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
-	e := ix.Lookup(k.ID)
+	writes := ix.writes.Load()
 	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}})
-	if ix.Lookup(k.ID) != e {
+	if ix.writes.Load() != writes {
 		t.Fatal("an unchanged ApiKey was republished")
 	}
 	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a"}, Archived: true})
-	if ix.Lookup(k.ID) == e || !ix.Lookup(k.ID).Archived {
+	if e, _ := ix.Lookup(k.ID); ix.writes.Load() == writes || !e.Archived {
 		t.Fatal("archiving was not published")
 	}
 }
@@ -236,7 +249,7 @@ func TestPoliciesAndNamespaceLabels(t *testing.T) {
 	ix.SetNamespace("team-a", map[string]string{"write": "yes"})
 	ix.SetApiKey(nn, &ApiKey{Scopes: []string{"a:read", "a:write"}})
 	ix.SetRecord(nn, &Record{Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
-	scopes := func() string { return ix.Lookup(k.ID).ScopesHeader()[0] }
+	scopes := func() string { e, _ := ix.Lookup(k.ID); return e.ScopesHeader()[0] }
 	ix.SetPolicy("writes", &kw.ApiKeyPolicy{ObjectMeta: metav1.ObjectMeta{Name: "writes"}, Spec: kw.ApiKeyPolicySpec{
 		RestrictedScopes: []kw.Scope{"*:write"},
 		Allow: []kw.PolicyRule{{NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{"write": "yes"}},
@@ -245,9 +258,9 @@ func TestPoliciesAndNamespaceLabels(t *testing.T) {
 	if got := scopes(); got != "a:read,a:write" {
 		t.Fatalf("allowed namespace: scopes %q", got)
 	}
-	e := ix.Lookup(k.ID)
+	writes := ix.writes.Load()
 	ix.SetNamespace("team-a", map[string]string{"write": "yes"})
-	if ix.Lookup(k.ID) != e {
+	if ix.writes.Load() != writes {
 		t.Fatal("unchanged labels republished the key")
 	}
 	ix.SetNamespace("team-a", map[string]string{})
@@ -262,5 +275,79 @@ func TestPoliciesAndNamespaceLabels(t *testing.T) {
 	ix.RetainPolicies(map[string]bool{})
 	if got := scopes(); got != "a:read,a:write" {
 		t.Fatalf("policy gone: scopes %q", got)
+	}
+}
+
+// Removing most keys compacts records and names into fresh chunks; the
+// keys that stay keep their identity and counts, an identity a check still
+// holds stays intact, and freed slots and owners are used again.
+func TestCompactionKeepsWhatStays(t *testing.T) {
+	ix := New()
+	sum := key(t)
+	const n = 70000 // enough dead records in every one of the 64 shards
+	id := func(i int) string { return fmt.Sprintf("%016d", i) }
+	nn := func(i int) types.NamespacedName {
+		return types.NamespacedName{Namespace: fmt.Sprintf("team-%d", i%7), Name: fmt.Sprintf("key-%d", i)}
+	}
+	add := func(i int) {
+		ix.SetApiKey(nn(i), &ApiKey{Scopes: []string{"a"}})
+		ix.SetRecord(nn(i), &Record{Keys: []Key{{ID: id(i), Digest: sum.Digest()}}})
+	}
+	for i := range n {
+		add(i)
+	}
+	held, _ := ix.Lookup(id(1))
+	for i := 0; i < n; i += 100 {
+		e, _ := ix.Lookup(id(i))
+		e.Usage().Count(Allowed, time.Now())
+	}
+	for i := range n {
+		if i%100 != 0 {
+			ix.SetApiKey(nn(i), nil)
+			ix.SetRecord(nn(i), nil)
+		}
+	}
+	if held.KeyID() != id(1) || held.Key() != "team-1/key-1" || held.ScopesHeader()[0] != "a" {
+		t.Fatalf("a held identity changed: %s %s", held.KeyID(), held.Key())
+	}
+	if ix.Len() != n/100 || len(ix.names) != n/100 {
+		t.Fatalf("%d keys, %d names; want %d", ix.Len(), len(ix.names), n/100)
+	}
+	for i := range ix.shards {
+		if s := &ix.shards[i]; s.dead >= 1024 && s.dead >= s.live {
+			t.Fatalf("shard %d not compacted: %d dead, %d live records", i, s.dead, s.live)
+		}
+	}
+	if ix.deadNameLen > 64<<10 {
+		t.Fatalf("names not compacted: %d dead bytes", ix.deadNameLen)
+	}
+	check := func(i int) {
+		t.Helper()
+		e, ok := ix.Lookup(id(i))
+		if !ok || e.KeyID() != id(i) || e.Key() != nn(i).String() || !e.Sum.Matches(sum.Secret) {
+			t.Fatalf("key %d after compaction: %v %+v", i, ok, e)
+		}
+	}
+	for i := 0; i < n; i += 100 {
+		check(i)
+		if e, _ := ix.Lookup(id(i)); e.Usage().Counts()[Allowed] != 1 {
+			t.Fatalf("key %d lost its count", i)
+		}
+	}
+	// Freed slots, owners and recorded keys serve new keys.
+	slots, owners, rkeys := 0, len(ix.owners), len(ix.rkeys)
+	for i := range ix.shards {
+		slots += len(ix.shards[i].slots)
+	}
+	for i := 1; i < 5000; i += 100 {
+		add(i)
+		check(i)
+	}
+	grown := -slots
+	for i := range ix.shards {
+		grown += len(ix.shards[i].slots)
+	}
+	if grown != 0 || len(ix.owners) != owners || len(ix.rkeys) != rkeys {
+		t.Fatalf("freed space not reused: %d slots, %d owners, %d keys more", grown, len(ix.owners)-owners, len(ix.rkeys)-rkeys)
 	}
 }

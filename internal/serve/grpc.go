@@ -83,9 +83,9 @@ func header(k, v string) *corev3.HeaderValueOption {
 func checkResponse(v authn.Verdict, strip bool) *authv3.CheckResponse {
 	if v.Allowed {
 		ok := &authv3.OkHttpResponse{Headers: []*corev3.HeaderValueOption{
-			header(grpcHeaderKeyID, v.Entry.KeyID()),
-			header(grpcHeaderKey, v.Entry.Key()),
-			header(grpcHeaderScopes, v.Entry.ScopesHeader()[0]),
+			header(grpcHeaderKeyID, v.Identity.KeyID()),
+			header(grpcHeaderKey, v.Identity.Key()),
+			header(grpcHeaderScopes, v.Identity.ScopesHeader()[0]),
 		}}
 		if strip {
 			ok.HeadersToRemove = credentialHeaders

@@ -79,10 +79,10 @@ func (s *Server) forwardAuth(w http.ResponseWriter, r *http.Request) {
 }
 
 func keyID(v authn.Verdict) string {
-	if v.Entry == nil {
+	if !v.Identity.Known() {
 		return ""
 	}
-	return v.Entry.KeyID()
+	return v.Identity.KeyID()
 }
 
 func firstHeader(h http.Header, names ...string) string {
@@ -116,7 +116,7 @@ func (s *Server) write(w http.ResponseWriter, v authn.Verdict) {
 		h["Warning"] = []string{queryKeyWarning}
 	}
 	if v.Allowed {
-		e := v.Entry
+		e := v.Identity
 		h[HeaderKeyID] = e.IDHeader()
 		h[HeaderKey] = e.KeyHeader()
 		h[HeaderScopes] = e.ScopesHeader()

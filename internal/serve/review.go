@@ -138,8 +138,8 @@ func (s *Server) review(w http.ResponseWriter, r *http.Request) {
 	v := s.Decider.Decide(authn.Extract(h, q.Encode(), s.AllowQueryKeys), required, start)
 	resp := &ReviewResponse{UID: req.UID, Allowed: v.Allowed,
 		Status: ReviewStatus{Code: v.Code, Reason: v.Reason, Message: v.Message}}
-	if v.Entry != nil {
-		resp.KeyID, resp.Key, resp.Scopes = v.Entry.KeyID(), v.Entry.Key(), v.Entry.Scopes()
+	if e := v.Identity; e.Known() {
+		resp.KeyID, resp.Key, resp.Scopes = e.KeyID(), e.Key(), e.Scopes()
 	}
 	out := AuthReview{APIVersion: ReviewAPIVersion, Kind: ReviewKind, Response: resp}
 	w.Header().Set("Content-Type", "application/json")

@@ -20,7 +20,8 @@ func TestSnapshotAndMetrics(t *testing.T) {
 	ix.SetApiKey(nn, &index.ApiKey{Scopes: []string{"a"}})
 	ix.SetRecord(nn, &index.Record{Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}, {ID: idle.ID, Digest: idle.Digest()}}})
 	used := time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)
-	u := ix.Lookup(k.ID).Usage
+	e, _ := ix.Lookup(k.ID)
+	u := e.Usage()
 	u.Count(index.Allowed, used.Add(-time.Minute))
 	u.Count(index.Allowed, used)
 	u.Count(index.InsufficientScope, used.Add(time.Minute))

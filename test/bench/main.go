@@ -10,6 +10,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -45,8 +46,8 @@ var (
 	keysTotal   = flag.Int("keys", 100000, "keys loaded for the throughput and memory runs")
 	revokeKeys  = flag.Int("revoke-keys", 10000, "keys loaded for the revocation run")
 	revocations = flag.Int("revocations", 200, "archivals timed")
-	duration    = flag.Duration("duration", 5*time.Second, "length of each load run")
-	rounds      = flag.Int("rounds", 5, "rounds of a baseline run followed by a keyward run")
+	duration    = flag.Duration("duration", 4*time.Second, "length of each load run")
+	rounds      = flag.Int("rounds", 7, "rounds of a baseline run followed by a keyward run")
 	conns       = flag.Int("connections", 32, "concurrent connections of each load run")
 	bin         = flag.String("bin", "bin", "folder with keyward and bench-noop")
 	profile     = flag.String("profile", "", "write CPU profiles of the endpoint and of the baseline during their first wrk runs here (and here.noop)")
@@ -166,19 +167,31 @@ func run() error {
 		return err
 	}
 	say("forward auth under wrk: %d connections, %d rounds of %s on the baseline then %s on keyward", *conns, *rounds, *duration, *duration)
-	var httpRatios []float64
+	var httpRatios, cpuRatios []float64
 	var base, kwr []wrkResult
-	for range *rounds {
+	for round := range *rounds {
 		first := *profile != "" && len(kwr) == 0
-		b, err := profiled(first, "http://127.0.0.1:9190", *profile+".noop", func() (wrkResult, error) {
-			return wrk("http://127.0.0.1:9180", tokFile)
-		})
-		if err != nil {
-			return err
+		runBase := func() (wrkResult, error) {
+			return profiled(first, "http://127.0.0.1:9190", *profile+".noop", func() (wrkResult, error) {
+				return wrk("http://127.0.0.1:9180", tokFile, noop.Process.Pid)
+			})
 		}
-		k, err := profiled(first, "http://127.0.0.1:8090", *profile, func() (wrkResult, error) {
-			return wrk("http://127.0.0.1:8180", tokFile)
-		})
+		runKeyward := func() (wrkResult, error) {
+			return profiled(first, "http://127.0.0.1:8090", *profile, func() (wrkResult, error) {
+				return wrk("http://127.0.0.1:8180", tokFile, authn.Process.Pid)
+			})
+		}
+		// Every other round runs keyward first: a drift in the machine's
+		// speed within a round favours neither side.
+		var b, k wrkResult
+		var err error
+		if round%2 == 0 {
+			if b, err = runBase(); err == nil {
+				k, err = runKeyward()
+			}
+		} else if k, err = runKeyward(); err == nil {
+			b, err = runBase()
+		}
 		if err != nil {
 			return err
 		}
@@ -187,11 +200,14 @@ func run() error {
 		}
 		base, kwr = append(base, b), append(kwr, k)
 		httpRatios = append(httpRatios, k.rps/b.rps)
+		cpuRatios = append(cpuRatios, b.cpuPerRequest()/k.cpuPerRequest())
 	}
 	bm, km := median(base), median(kwr)
 	report("no-op HTTP server (median round)", fmt.Sprintf("%.0f req/s", bm.rps), "p99 "+bm.p99)
 	report("keyward forward auth (median round)", fmt.Sprintf("%.0f req/s", km.rps), fmt.Sprintf("p99 %s; %d keys, every request verified", km.p99, *keysTotal))
 	report("forward auth / no-op", ratioText(httpRatios), "target ≥ 80%")
+	report("forward auth CPU per request", fmt.Sprintf("%.1f µs (no-op %.1f µs)", medianOf(cpuOf(kwr)), medianOf(cpuOf(base))),
+		"server CPU time over requests served; no-op/keyward "+ratioText(cpuRatios))
 
 	say("gRPC Check: %d concurrent callers, %d rounds of %s each", *conns, *rounds, *duration)
 	var grpcRatios, gb, gk []float64
@@ -385,26 +401,46 @@ func revocation(ctx context.Context, c client.Client, tokens []string) error {
 }
 
 type wrkResult struct {
-	rps    float64
-	p99    string
-	non2xx int
+	rps      float64
+	p99      string
+	non2xx   int
+	requests int
+	// cpu is the CPU time the server used during the run.
+	cpu time.Duration
+}
+
+// cpuPerRequest is the server's CPU time per request served, in µs: unlike
+// a rate, other work on the machine barely moves it.
+func (r wrkResult) cpuPerRequest() float64 {
+	return float64(r.cpu.Microseconds()) / float64(max(r.requests, 1))
+}
+
+func cpuOf(rs []wrkResult) []float64 {
+	out := make([]float64, len(rs))
+	for i, r := range rs {
+		out[i] = r.cpuPerRequest()
+	}
+	return out
 }
 
 var (
-	rpsRe    = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
-	p99Re    = regexp.MustCompile(`\s99%\s+(\S+)`)
-	non2xxRe = regexp.MustCompile(`Non-2xx or 3xx responses:\s+(\d+)`)
+	rpsRe      = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	p99Re      = regexp.MustCompile(`\s99%\s+(\S+)`)
+	non2xxRe   = regexp.MustCompile(`Non-2xx or 3xx responses:\s+(\d+)`)
+	requestsRe = regexp.MustCompile(`(\d+) requests in`)
 )
 
-func wrk(url, tokFile string) (wrkResult, error) {
+// wrk loads url and measures the CPU time of the server pid meanwhile.
+func wrk(url, tokFile string, pid int) (wrkResult, error) {
 	cmd := exec.Command("taskset", "-c", loadCPU, "wrk", "-t1", fmt.Sprintf("-c%d", *conns), "-d"+duration.String(), "--latency",
 		"-s", filepath.Join("test", "bench", "tokens.lua"), url)
 	cmd.Env = append(os.Environ(), "KW_TOKENS="+tokFile)
+	cpu0 := cpuTime(pid)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("wrk: %w\n%s", err, out)
 	}
-	var r wrkResult
+	r := wrkResult{cpu: cpuTime(pid) - cpu0}
 	m := rpsRe.FindSubmatch(out)
 	if m == nil {
 		return r, fmt.Errorf("no Requests/sec in wrk's output:\n%s", out)
@@ -416,7 +452,27 @@ func wrk(url, tokFile string) (wrkResult, error) {
 	if m := non2xxRe.FindSubmatch(out); m != nil {
 		r.non2xx, _ = strconv.Atoi(string(m[1]))
 	}
+	if m := requestsRe.FindSubmatch(out); m != nil {
+		r.requests, _ = strconv.Atoi(string(m[1]))
+	}
 	return r, nil
+}
+
+// cpuTime is the user and system CPU time a process has used
+// (/proc/PID/stat, in clock ticks of 10 ms).
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name (which may hold spaces).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // median is the run with the median throughput.
