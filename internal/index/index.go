@@ -5,13 +5,14 @@
 // The index is laid out for the garbage collector as much as for lookups:
 // an endpoint holds 100,000 keys and more, and each GC cycle marks every
 // object and scans every pointer the index holds, a cost each check pays a
-// share of. So the per-key data sits in flat slices and maps of
-// pointer-free values (slots, owners, recorded keys) that the collector
-// marks without scanning; the strings live in large append-only byte
-// chunks; what a check hands to the response (header values, counters)
-// sits in immutable records allocated in chunks, so a reader can keep
-// using one after the index moved on, and the collector frees a chunk once
-// no one does.
+// share of. So the per-key data a check compares (digest, state, expiry)
+// sits in the values of maps whose keys and values hold no pointers (one
+// probe finds it all), the writer's per-ApiKey data in flat slices of
+// pointer-free values, and the strings in large append-only byte chunks.
+// What a check hands on (header values, scopes, counters) sits in
+// immutable records allocated in chunks, so a check can keep using one
+// after the index moved on, and the collector frees a chunk once no one
+// does.
 package index
 
 import (
@@ -54,18 +55,18 @@ func (e *Entry) ExpiredAt(now time.Time) bool {
 // Identity names a key and what it may do, for the answer to a check. It
 // stays valid, unchanged, for as long as anyone holds it, whatever the
 // index does meanwhile. The zero Identity is no key.
-type Identity struct {
-	rec *record
-	set *scopeSet
-}
+type Identity struct{ rec *record }
 
-// record is what of a key outlives index updates: the identity header
-// values, and the counters, shared by every publication of the same key of
-// the same ApiKey. Records never change once written.
+// record is what a check hands on about a key: the identity header values
+// and scopes, and the counters, which every publication of the same key of
+// the same ApiKey shares. Records never change once written.
 type record struct {
 	// hdr holds the identity header values, so that answering a check
 	// allocates nothing: the key ID, and the ApiKey's namespace/name.
-	hdr   [2]string
+	hdr [2]string
+	// set are the scopes the key may use, shared by every key with the
+	// same ones.
+	set   *scopeSet
 	usage *Usage
 }
 
@@ -91,10 +92,10 @@ func (id Identity) Namespace() string { ns, _, _ := strings.Cut(id.Key(), "/"); 
 func (id Identity) Name() string { _, n, _ := strings.Cut(id.Key(), "/"); return n }
 
 // Scopes are the scopes the key may use.
-func (id Identity) Scopes() []string { return id.set.scopes }
+func (id Identity) Scopes() []string { return id.rec.set.scopes }
 
 // ScopesHeader is the scopes joined by ",", as a header value.
-func (id Identity) ScopesHeader() []string { return id.set.header }
+func (id Identity) ScopesHeader() []string { return id.rec.set.header }
 
 // Usage counts this key's decisions. It outlives republished entries of
 // the same key, so a change to the ApiKey loses no count.
@@ -146,54 +147,56 @@ const none = ^uint32(0)
 
 const shardCount = 64
 
-// slot is one published key: what a check compares and judges.
+// slot is one published key: what a check compares and judges, and the
+// number of its record. Slots are the values of a shard's map: one probe
+// finds all of it.
 type slot struct {
 	sum                  keys.Sum
 	expiresAt, revokesAt int64
+	rec                  uint32
 	archived             bool
 }
 
-// slotRefs are a slot's pointers, apart so that slots hold none.
-type slotRefs struct {
-	rec *record
-	set *scopeSet
-}
+const recChunk = 1024
 
 type shard struct {
 	mu sync.RWMutex
 	// m maps a key ID's 16 bytes to its slot: keys and values without
 	// pointers, which the collector never scans.
-	m     map[idKey]uint32
-	slots []slot
-	refs  []slotRefs
-	free  []uint32
-	// records and their strings are allocated here; dead counts the
-	// records no slot uses any more, which a compaction drops.
-	recs       []record
-	bytes      byteArena
-	live, dead int
+	m map[idKey]slot
+	// recs are the records, in chunks that never move, numbered in order;
+	// their strings come from bytes. Records no slot names any more are
+	// dead until a compaction drops them.
+	recs  [][]record
+	bytes byteArena
+	dead  int
 }
 
-func (s *shard) newRecord(id, full string, u *Usage) *record {
-	if len(s.recs) == cap(s.recs) {
-		s.recs = make([]record, 0, 1024)
+func (s *shard) record(n uint32) *record { return &s.recs[n/recChunk][n%recChunk] }
+
+func (s *shard) newRecord(r record) uint32 {
+	if len(s.recs) == 0 || len(s.recs[len(s.recs)-1]) == recChunk {
+		s.recs = append(s.recs, make([]record, 0, recChunk))
 	}
-	s.recs = append(s.recs, record{hdr: [2]string{s.bytes.str(id), s.bytes.str(full)}, usage: u})
-	s.live++
-	return &s.recs[len(s.recs)-1]
+	c := &s.recs[len(s.recs)-1]
+	*c = append(*c, r)
+	return uint32((len(s.recs)-1)*recChunk + len(*c) - 1)
 }
 
 // compact copies the live records into fresh chunks once most are dead
-// (keys removed or taken over). Checks that hold an old record keep its
-// chunk alive until they are done.
+// (keys removed, taken over or given other scopes). Checks that hold an
+// old record keep its chunk alive until they are done.
 func (s *shard) compact() {
-	if s.dead < 1024 || s.dead < s.live {
+	if s.dead < recChunk || s.dead < len(s.m) {
 		return
 	}
-	s.recs, s.bytes, s.live, s.dead = nil, byteArena{}, 0, 0
-	for _, i := range s.m {
-		old := s.refs[i].rec
-		s.refs[i].rec = s.newRecord(old.hdr[0], old.hdr[1], old.usage)
+	old := s.recs
+	s.recs, s.bytes, s.dead = nil, byteArena{}, 0
+	for k, sl := range s.m {
+		r := old[sl.rec/recChunk][sl.rec%recChunk]
+		r.hdr = [2]string{s.bytes.str(r.hdr[0]), s.bytes.str(r.hdr[1])}
+		sl.rec = s.newRecord(r)
+		s.m[k] = sl
 	}
 }
 
@@ -273,7 +276,7 @@ func New() *Index {
 	ix := &Index{seed: maphash.MakeSeed(), names: map[string]uint32{}, setIDs: map[string]uint32{},
 		nsLabels: map[string]map[string]string{}}
 	for i := range ix.shards {
-		ix.shards[i].m = map[idKey]uint32{}
+		ix.shards[i].m = map[idKey]slot{}
 	}
 	return ix
 }
@@ -290,10 +293,9 @@ func (ix *Index) Lookup(id string) (e Entry, found bool) {
 	}
 	s := ix.shard(&k)
 	s.mu.RLock()
-	if i, ok := s.m[k]; ok {
-		sl, r := &s.slots[i], &s.refs[i]
+	if sl, ok := s.m[k]; ok {
 		e = Entry{Sum: sl.sum, Archived: sl.archived, expiresAt: sl.expiresAt, revokesAt: sl.revokesAt,
-			Identity: Identity{rec: r.rec, set: r.set}}
+			Identity: Identity{rec: s.record(sl.rec)}}
 		found = true
 	}
 	s.mu.RUnlock()
@@ -527,28 +529,29 @@ func (ix *Index) publish(k *rkey, full string, set *scopeSet, fresh slot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ix.writes.Add(1)
-	i, dup := s.m[k.id]
+	prev, dup := s.m[k.id]
 	switch {
-	case dup && s.refs[i].rec.hdr[1] == full:
-		// The same key of the same ApiKey: its record and counts stay.
-		s.slots[i], s.refs[i].set = fresh, set
-		return
-	case dup:
-		// Another ApiKey recorded the same ID: the newer takes it over.
-		s.live--
+	case dup && s.record(prev.rec).hdr[1] == full && s.record(prev.rec).set == set:
+		// The same key of the same ApiKey with the same scopes: its record
+		// stays.
+		fresh.rec = prev.rec
+	case dup && s.record(prev.rec).hdr[1] == full:
+		// New scopes: a new record, the same counts.
+		r := *s.record(prev.rec)
+		r.set = set
+		fresh.rec = s.newRecord(r)
 		s.dead++
 	default:
-		if n := len(s.free); n > 0 {
-			i, s.free = s.free[n-1], s.free[:n-1]
+		if dup {
+			// Another ApiKey recorded the same ID: the newer takes it over.
+			s.dead++
 		} else {
-			i = uint32(len(s.slots))
-			s.slots, s.refs = append(s.slots, slot{}), append(s.refs, slotRefs{})
+			ix.size.Add(1)
 		}
-		s.m[k.id] = i
-		ix.size.Add(1)
+		fresh.rec = s.newRecord(record{hdr: [2]string{s.bytes.str(k.id.String()), s.bytes.str(full)},
+			set: set, usage: new(Usage)})
 	}
-	s.slots[i] = fresh
-	s.refs[i] = slotRefs{rec: s.newRecord(k.id.String(), full, new(Usage)), set: set}
+	s.m[k.id] = fresh
 	s.compact()
 }
 
@@ -556,15 +559,12 @@ func (ix *Index) unpublish(id *idKey, full string) {
 	s := ix.shard(id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	i, ok := s.m[*id]
-	if !ok || s.refs[i].rec.hdr[1] != full {
+	sl, ok := s.m[*id]
+	if !ok || s.record(sl.rec).hdr[1] != full {
 		return // taken over by another ApiKey
 	}
 	ix.writes.Add(1)
 	delete(s.m, *id)
-	s.slots[i], s.refs[i] = slot{}, slotRefs{}
-	s.free = append(s.free, i)
-	s.live--
 	s.dead++
 	ix.size.Add(-1)
 	s.compact()
@@ -576,8 +576,8 @@ func (ix *Index) Each(fn func(Identity)) {
 	for i := range ix.shards {
 		s := &ix.shards[i]
 		s.mu.RLock()
-		for _, j := range s.m {
-			fn(Identity{rec: s.refs[j].rec, set: s.refs[j].set})
+		for _, sl := range s.m {
+			fn(Identity{rec: s.record(sl.rec)})
 		}
 		s.mu.RUnlock()
 	}

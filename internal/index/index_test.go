@@ -314,8 +314,8 @@ func TestCompactionKeepsWhatStays(t *testing.T) {
 		t.Fatalf("%d keys, %d names; want %d", ix.Len(), len(ix.names), n/100)
 	}
 	for i := range ix.shards {
-		if s := &ix.shards[i]; s.dead >= 1024 && s.dead >= s.live {
-			t.Fatalf("shard %d not compacted: %d dead, %d live records", i, s.dead, s.live)
+		if s := &ix.shards[i]; s.dead >= recChunk && s.dead >= len(s.m) {
+			t.Fatalf("shard %d not compacted: %d dead, %d live records", i, s.dead, len(s.m))
 		}
 	}
 	if ix.deadNameLen > 64<<10 {
@@ -334,20 +334,13 @@ func TestCompactionKeepsWhatStays(t *testing.T) {
 			t.Fatalf("key %d lost its count", i)
 		}
 	}
-	// Freed slots, owners and recorded keys serve new keys.
-	slots, owners, rkeys := 0, len(ix.owners), len(ix.rkeys)
-	for i := range ix.shards {
-		slots += len(ix.shards[i].slots)
-	}
+	// Freed owners and recorded keys serve new keys.
+	owners, rkeys := len(ix.owners), len(ix.rkeys)
 	for i := 1; i < 5000; i += 100 {
 		add(i)
 		check(i)
 	}
-	grown := -slots
-	for i := range ix.shards {
-		grown += len(ix.shards[i].slots)
-	}
-	if grown != 0 || len(ix.owners) != owners || len(ix.rkeys) != rkeys {
-		t.Fatalf("freed space not reused: %d slots, %d owners, %d keys more", grown, len(ix.owners)-owners, len(ix.rkeys)-rkeys)
+	if len(ix.owners) != owners || len(ix.rkeys) != rkeys {
+		t.Fatalf("freed space not reused: %d owners, %d keys more", len(ix.owners)-owners, len(ix.rkeys)-rkeys)
 	}
 }

@@ -50,7 +50,7 @@ var (
 	rounds      = flag.Int("rounds", 7, "rounds of a baseline run followed by a keyward run")
 	conns       = flag.Int("connections", 32, "concurrent connections of each load run")
 	bin         = flag.String("bin", "bin", "folder with keyward and bench-noop")
-	profile     = flag.String("profile", "", "write CPU profiles of the endpoint and of the baseline during their first wrk runs here (and here.noop)")
+	profile     = flag.String("profile", "", "write CPU profiles of the endpoint and of the baseline during their first wrk runs here (and here.noop); a longer --duration gives finer profiles")
 )
 
 func main() {
@@ -235,14 +235,15 @@ func run() error {
 	return nil
 }
 
-// profiled runs load and, when on, takes a 3 s CPU profile of the server at
-// base meanwhile.
+// profiled runs load and, when on, takes a CPU profile of the server at
+// base meanwhile, for all but the last second of the run.
 func profiled(on bool, base, path string, load func() (wrkResult, error)) (wrkResult, error) {
 	if !on {
 		return load()
 	}
 	prof := make(chan error, 1)
-	go func() { prof <- fetch(base+"/debug/pprof/profile?seconds=3", path) }()
+	secs := max(1, int(duration.Seconds())-1) // within the load run
+	go func() { prof <- fetch(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, secs), path) }()
 	r, err := load()
 	if perr := <-prof; err == nil {
 		err = perr
