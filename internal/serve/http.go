@@ -28,6 +28,9 @@ const (
 	HeaderReason = "X-Keyward-Reason"
 )
 
+// ReasonNotFound answers a path that is neither /authn nor /review.
+const ReasonNotFound = "not_found"
+
 // queryKeyWarning advises the header form when a key came in the URL.
 const queryKeyWarning = `299 keyward "API key sent in the query string, where it ends up in logs; send it in the x-api-key header instead"`
 
@@ -43,13 +46,25 @@ type Server struct {
 	Log              logr.Logger
 }
 
-// Handler serves /authn (and every path below it) and /review.
+// Handler serves /authn (and every path below it) and /review, and 404
+// with a JSON reason elsewhere.
+//
+// Routing is two string tests, not a ServeMux: the mux's pattern matching
+// was a sixth of the handler's time per check, and it cleans paths and
+// redirects (a 301 for /authn//x), where a path below /authn is the
+// original request's (Envoy's path_prefix) and must reach the check as it
+// is.
 func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/authn", s.forwardAuth)
-	mux.HandleFunc("/authn/", s.forwardAuth)
-	mux.HandleFunc("/review", s.review)
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch p := r.URL.Path; {
+		case p == "/authn" || strings.HasPrefix(p, "/authn/"):
+			s.forwardAuth(w, r)
+		case p == "/review":
+			s.review(w, r)
+		default:
+			writeError(w, http.StatusNotFound, ReasonNotFound, "no such endpoint: checks go to /authn (forward auth) or /review (AuthReview)")
+		}
+	})
 }
 
 // forwardAuth answers nginx auth_request, Traefik forwardAuth and Envoy's

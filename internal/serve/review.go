@@ -151,7 +151,13 @@ func (s *Server) review(w http.ResponseWriter, r *http.Request) {
 }
 
 func writeReviewError(w http.ResponseWriter, code int, msg string) {
+	writeError(w, code, authn.ReasonMalformedRequest, msg)
+}
+
+// writeError answers a request that is no check at all, in the shape of a
+// denial.
+func writeError(w http.ResponseWriter, code int, reason, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(denial{Reason: authn.ReasonMalformedRequest, Message: msg})
+	_ = json.NewEncoder(w).Encode(denial{Reason: reason, Message: msg})
 }

@@ -109,6 +109,38 @@ func TestForwardAuth(t *testing.T) {
 	}
 }
 
+// Every path below /authn is a check, however odd (it is the original
+// request's path under Envoy's path_prefix): no redirect, no cleaning.
+// Anything else is a 404 with a reason, not a check.
+func TestRouting(t *testing.T) {
+	s, reader, _ := newServer(t)
+	h := s.Handler()
+	for _, tc := range []struct {
+		target string
+		code   int
+		reason string
+	}{
+		{"/authn", 200, ""},
+		{"/authn/", 200, ""},
+		{"/authn//api/../v1/x?y=1", 200, ""},
+		{"/authnx", 404, ReasonNotFound},
+		{"/", 404, ReasonNotFound},
+		{"/review/x", 404, ReasonNotFound},
+		{"/metrics", 404, ReasonNotFound},
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.URL.Path, r.URL.RawQuery, _ = strings.Cut(tc.target, "?")
+		r.Header.Set("X-Api-Key", reader.Token())
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		var body struct{ Reason string }
+		_ = json.Unmarshal(w.Body.Bytes(), &body)
+		if w.Code != tc.code || body.Reason != tc.reason {
+			t.Errorf("%s: %d %q, want %d %q", tc.target, w.Code, body.Reason, tc.code, tc.reason)
+		}
+	}
+}
+
 func TestQueryKeysCanBeTurnedOff(t *testing.T) {
 	s, reader, _ := newServer(t)
 	s.AllowQueryKeys = false

@@ -1,0 +1,74 @@
+// Command inproc serves keyward's forward auth from an index filled in
+// process with synthetic keys: no API server, so a profile or a layout
+// change of the index can be tried under wrk in seconds rather than after
+// the minutes `make bench` takes to create 100,000 ApiKeys. It writes the
+// tokens (one a line) for test/bench/tokens.lua. The numbers that count are
+// `make bench`'s; this is the quick loop beside it.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/apimachinery/pkg/types"
+
+	"keyward.dev/keyward/internal/authn"
+	"keyward.dev/keyward/internal/index"
+	"keyward.dev/keyward/internal/keys"
+	"keyward.dev/keyward/internal/serve"
+)
+
+func main() {
+	n := flag.Int("keys", 100000, "keys in the index")
+	addr := flag.String("http-address", "127.0.0.1:8380", "forward auth")
+	debugAddr := flag.String("debug-address", "127.0.0.1:8390", "/metrics and /debug/pprof/")
+	tokens := flag.String("tokens", "", "write 10,000 of the tokens here")
+	flag.Parse()
+
+	ix := index.New()
+	var sample []string
+	for i := range *n {
+		k, err := keys.Generate()
+		if err != nil {
+			log.Fatal(err)
+		}
+		nn := types.NamespacedName{Namespace: "bench", Name: fmt.Sprintf("k%06d", i)}
+		ix.SetApiKey(nn, &index.ApiKey{Scopes: []string{"bench:read", "bench:write"}})
+		ix.SetRecord(nn, &index.Record{Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}}})
+		if i < 10000 {
+			sample = append(sample, k.Token())
+		}
+	}
+	ix.MarkSynced()
+	if *tokens != "" {
+		if err := os.WriteFile(*tokens, []byte(strings.Join(sample, "\n")+"\n"), 0o600); err != nil {
+			log.Fatal(err)
+		}
+	}
+	sample = nil
+	runtime.GC()
+	debug.FreeOSMemory()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector())
+	s := &serve.Server{Decider: &authn.Decider{Index: ix}, Metrics: serve.NewMetrics(reg)}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	go func() { log.Fatal(http.ListenAndServe(*debugAddr, mux)) }()
+	// The endpoint's server settings (internal/app).
+	srv := &http.Server{Addr: *addr, Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+	log.Printf("%d keys, serving on %s", ix.Len(), *addr)
+	log.Fatal(srv.ListenAndServe())
+}
