@@ -110,6 +110,6 @@ func (d *Decider) check(id, secret string, required Scopes, now time.Time) Verdi
 
 func (d *Decider) count(e index.Identity, o index.Outcome, now time.Time) {
 	if !d.NoUsage {
-		e.Usage().Count(o, now)
+		d.Index.Count(e, o, now)
 	}
 }

@@ -54,52 +54,38 @@ func (e *Entry) ExpiredAt(now time.Time) bool {
 
 // Identity names a key and what it may do, for the answer to a check. It
 // stays valid, unchanged, for as long as anyone holds it, whatever the
-// index does meanwhile. The zero Identity is no key.
-type Identity struct{ rec *record }
-
-// record is what a check hands on about a key: the identity header values
-// and scopes, and the counters, which every publication of the same key of
-// the same ApiKey shares. Records never change once written.
-type record struct {
-	// hdr holds the identity header values, so that answering a check
-	// allocates nothing: the key ID, and the ApiKey's namespace/name.
-	hdr [2]string
-	// set are the scopes the key may use, shared by every key with the
-	// same ones.
-	set   *scopeSet
-	usage *Usage
+// index does meanwhile: its strings are views of bytes the index never
+// writes again. The zero Identity is no key.
+type Identity struct {
+	id, key string
+	set     *scopeSet
+	// serial tells Count that the key it finds under id is still the one
+	// this identity was taken from (not another ApiKey's since).
+	serial uint32
+	shard  uint8
 }
 
 // Known reports whether the identity is a key's.
-func (id Identity) Known() bool { return id.rec != nil }
-
-// IDHeader is the key ID as a header value.
-func (id Identity) IDHeader() []string { return id.rec.hdr[0:1:1] }
-
-// KeyHeader is the ApiKey's namespace/name as a header value.
-func (id Identity) KeyHeader() []string { return id.rec.hdr[1:2:2] }
+func (id Identity) Known() bool { return id.set != nil }
 
 // KeyID is the key's public ID.
-func (id Identity) KeyID() string { return id.rec.hdr[0] }
+func (id Identity) KeyID() string { return id.id }
 
 // Key is the ApiKey's namespace/name.
-func (id Identity) Key() string { return id.rec.hdr[1] }
+func (id Identity) Key() string { return id.key }
 
 // Namespace is the ApiKey's namespace.
-func (id Identity) Namespace() string { ns, _, _ := strings.Cut(id.Key(), "/"); return ns }
+func (id Identity) Namespace() string { ns, _, _ := strings.Cut(id.key, "/"); return ns }
 
 // Name is the ApiKey's name.
-func (id Identity) Name() string { _, n, _ := strings.Cut(id.Key(), "/"); return n }
+func (id Identity) Name() string { _, n, _ := strings.Cut(id.key, "/"); return n }
 
 // Scopes are the scopes the key may use.
-func (id Identity) Scopes() []string { return id.rec.set.scopes }
+func (id Identity) Scopes() []string { return id.set.scopes }
 
-// ScopesHeader is the scopes joined by ",", as a header value.
-func (id Identity) ScopesHeader() []string { return id.rec.set.header }
-
-// Usage counts this key's decisions. It outlives republished entries of
-// the same key, so a change to the ApiKey loses no count.
-func (id Identity) Usage() *Usage { return id.rec.usage }
+// ScopesHeader is the scopes joined by ",", as a header value, shared by
+// every key with the same scopes.
+func (id Identity) ScopesHeader() []string { return id.set.header }
 
 func unixNano(t time.Time) int64 {
 	if t.IsZero() {
@@ -143,7 +129,7 @@ func (k *idKey) String() string { return unsafe.String(&k[0], len(k)) }
 // none is the end of a list of uint32 indexes.
 const none = ^uint32(0)
 
-// --- What checks read: shards of slots. ---
+// --- What checks read: shards of slots and records. ---
 
 const shardCount = 64
 
@@ -157,45 +143,127 @@ type slot struct {
 	archived             bool
 }
 
-const recChunk = 1024
+// record is what a check hands on about a key (its ID, its ApiKey's name,
+// its scopes) and the key's counters. It holds no pointer: the name is a
+// span of the shard's byte chunks and the scopes a number in the shard's
+// table of sets. Records are changed only under the shard's write lock and
+// counted only under its read lock, so compaction can move them, counters
+// and all, without losing a count.
+type record struct {
+	id     idKey
+	name   span
+	set    uint32
+	serial uint32
+	usage  Usage
+}
+
+// span is a string in a shard's byte chunks.
+type span struct{ chunk, off, n uint32 }
+
+const (
+	recChunk  = 256      // records per chunk
+	byteChunk = 16 << 10 // bytes per chunk of names
+)
 
 type shard struct {
 	mu sync.RWMutex
 	// m maps a key ID's 16 bytes to its slot: keys and values without
 	// pointers, which the collector never scans.
 	m map[idKey]slot
-	// recs are the records, in chunks that never move, numbered in order;
-	// their strings come from bytes. Records no slot names any more are
-	// dead until a compaction drops them.
-	recs  [][]record
-	bytes byteArena
-	dead  int
+	// recs are the records, in chunks that never move, numbered in order.
+	// Records no slot names any more are dead until a compaction drops
+	// them. Every chunk is free of pointers: the collector marks it and
+	// moves on, however many keys it holds.
+	recs []*[recChunk]record
+	nrec uint32
+	dead int
+	// bytes hold the records' names, in chunks that are never written
+	// again once used, so a string viewing them stays valid.
+	bytes [][]byte
+	// sets are the scope sets the shard's records name, by shard-local
+	// number; setNo maps the index's set numbers to them.
+	sets   []*scopeSet
+	setNo  map[uint32]uint32
+	serial uint32
 }
 
 func (s *shard) record(n uint32) *record { return &s.recs[n/recChunk][n%recChunk] }
 
-func (s *shard) newRecord(r record) uint32 {
-	if len(s.recs) == 0 || len(s.recs[len(s.recs)-1]) == recChunk {
-		s.recs = append(s.recs, make([]record, 0, recChunk))
+// newRecord appends a record and returns its number.
+func (s *shard) newRecord(id idKey, name string, set uint32) uint32 {
+	if s.nrec == uint32(len(s.recs))*recChunk {
+		s.recs = append(s.recs, new([recChunk]record))
 	}
-	c := &s.recs[len(s.recs)-1]
-	*c = append(*c, r)
-	return uint32((len(s.recs)-1)*recChunk + len(*c) - 1)
+	n := s.nrec
+	s.nrec++
+	s.serial++
+	r := s.record(n)
+	r.id, r.name, r.set, r.serial = id, s.str(name), set, s.serial
+	return n
 }
 
-// compact copies the live records into fresh chunks once most are dead
-// (keys removed, taken over or given other scopes). Checks that hold an
-// old record keep its chunk alive until they are done.
+// str copies a string into the byte chunks.
+func (s *shard) str(v string) span {
+	last := len(s.bytes) - 1
+	if last < 0 || cap(s.bytes[last])-len(s.bytes[last]) < len(v) {
+		s.bytes = append(s.bytes, make([]byte, 0, max(byteChunk, len(v))))
+		last++
+	}
+	b := &s.bytes[last]
+	off := len(*b)
+	*b = append(*b, v...)
+	return span{chunk: uint32(last), off: uint32(off), n: uint32(len(v))}
+}
+
+// view is the string a span names, without a copy.
+func (s *shard) view(sp span) string {
+	if sp.n == 0 {
+		return ""
+	}
+	return unsafe.String(&s.bytes[sp.chunk][sp.off], sp.n)
+}
+
+// localSet returns the shard's number for one of the index's scope sets.
+func (s *shard) localSet(global uint32, set *scopeSet) uint32 {
+	if n, ok := s.setNo[global]; ok {
+		return n
+	}
+	n := uint32(len(s.sets))
+	s.sets = append(s.sets, set)
+	s.setNo[global] = n
+	return n
+}
+
+// identity is what a check hands on about the record rec; the caller holds
+// the shard's lock.
+func (s *shard) identity(n uint32, shardNo uint8) Identity {
+	r := s.record(n)
+	return Identity{id: unsafe.String(&r.id[0], len(r.id)), key: s.view(r.name), set: s.sets[r.set],
+		serial: r.serial, shard: shardNo}
+}
+
+// compact copies the live records, their counters and names into fresh
+// chunks once most are dead (keys removed or taken over). Checks that hold
+// an identity keep the old name and record chunks alive until they are
+// done.
 func (s *shard) compact() {
 	if s.dead < recChunk || s.dead < len(s.m) {
 		return
 	}
-	old := s.recs
-	s.recs, s.bytes, s.dead = nil, byteArena{}, 0
+	old, oldBytes := s.recs, s.bytes
+	s.recs, s.nrec, s.bytes, s.dead = nil, 0, nil, 0
+	view := func(sp span) string { return unsafe.String(&oldBytes[sp.chunk][sp.off], sp.n) }
 	for k, sl := range s.m {
-		r := old[sl.rec/recChunk][sl.rec%recChunk]
-		r.hdr = [2]string{s.bytes.str(r.hdr[0]), s.bytes.str(r.hdr[1])}
-		sl.rec = s.newRecord(r)
+		from := &old[sl.rec/recChunk][sl.rec%recChunk]
+		if s.nrec == uint32(len(s.recs))*recChunk {
+			s.recs = append(s.recs, new([recChunk]record))
+		}
+		n := s.nrec
+		s.nrec++
+		to := s.record(n)
+		to.id, to.name, to.set, to.serial = from.id, s.str(view(from.name)), from.set, from.serial
+		to.usage.copyFrom(&from.usage) // no check counts meanwhile: this shard is write-locked
+		sl.rec = n
 		s.m[k] = sl
 	}
 }
@@ -277,13 +345,16 @@ func New() *Index {
 		nsLabels: map[string]map[string]string{}}
 	for i := range ix.shards {
 		ix.shards[i].m = map[idKey]slot{}
+		ix.shards[i].setNo = map[uint32]uint32{}
 	}
 	return ix
 }
 
-func (ix *Index) shard(k *idKey) *shard {
-	return &ix.shards[maphash.Bytes(ix.seed, k[:])%shardCount]
+func (ix *Index) shardNo(k *idKey) uint8 {
+	return uint8(maphash.Bytes(ix.seed, k[:]) % shardCount)
 }
+
+func (ix *Index) shard(k *idKey) *shard { return &ix.shards[ix.shardNo(k)] }
 
 // Lookup returns the entry of a key ID.
 func (ix *Index) Lookup(id string) (e Entry, found bool) {
@@ -291,15 +362,34 @@ func (ix *Index) Lookup(id string) (e Entry, found bool) {
 	if !valid {
 		return e, false
 	}
-	s := ix.shard(&k)
+	no := ix.shardNo(&k)
+	s := &ix.shards[no]
 	s.mu.RLock()
 	if sl, ok := s.m[k]; ok {
 		e = Entry{Sum: sl.sum, Archived: sl.archived, expiresAt: sl.expiresAt, revokesAt: sl.revokesAt,
-			Identity: Identity{rec: s.record(sl.rec)}}
+			Identity: s.identity(sl.rec, no)}
 		found = true
 	}
 	s.mu.RUnlock()
 	return e, found
+}
+
+// Count records one check of a known key at now. A key that left the
+// index since its lookup (removed, or taken over by another ApiKey) is not
+// counted: it has no counters any more.
+func (ix *Index) Count(id Identity, o Outcome, now time.Time) {
+	k, valid := keyOf(id.id)
+	if !valid {
+		return
+	}
+	s := &ix.shards[id.shard]
+	s.mu.RLock()
+	if sl, ok := s.m[k]; ok {
+		if r := s.record(sl.rec); r.serial == id.serial {
+			r.usage.count(o, now)
+		}
+	}
+	s.mu.RUnlock()
 }
 
 // Len is the number of verifiable keys.
@@ -506,10 +596,9 @@ func (ix *Index) rebuild(full string, oi uint32, old []idKey) {
 	o := &ix.owners[oi]
 	var now []idKey
 	if o.published() {
-		set := ix.sets[o.granted]
 		for ki := o.keys; ki != none; ki = ix.rkeys[ki].next {
 			k := &ix.rkeys[ki]
-			ix.publish(k, full, set, slot{sum: k.sum, archived: o.archived || o.revoked,
+			ix.publish(k, full, o.granted, slot{sum: k.sum, archived: o.archived || o.revoked,
 				expiresAt: o.expiresAt, revokesAt: k.revokesAt})
 			now = append(now, k.id)
 		}
@@ -524,23 +613,19 @@ func (ix *Index) rebuild(full string, oi uint32, old []idKey) {
 	}
 }
 
-func (ix *Index) publish(k *rkey, full string, set *scopeSet, fresh slot) {
+func (ix *Index) publish(k *rkey, full string, setID uint32, fresh slot) {
 	s := ix.shard(&k.id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ix.writes.Add(1)
+	set := s.localSet(setID, ix.sets[setID])
 	prev, dup := s.m[k.id]
 	switch {
-	case dup && s.record(prev.rec).hdr[1] == full && s.record(prev.rec).set == set:
-		// The same key of the same ApiKey with the same scopes: its record
-		// stays.
+	case dup && s.view(s.record(prev.rec).name) == full:
+		// The same key of the same ApiKey: its record, and so its counts,
+		// stay; only its scopes may have changed.
 		fresh.rec = prev.rec
-	case dup && s.record(prev.rec).hdr[1] == full:
-		// New scopes: a new record, the same counts.
-		r := *s.record(prev.rec)
-		r.set = set
-		fresh.rec = s.newRecord(r)
-		s.dead++
+		s.record(prev.rec).set = set
 	default:
 		if dup {
 			// Another ApiKey recorded the same ID: the newer takes it over.
@@ -548,8 +633,7 @@ func (ix *Index) publish(k *rkey, full string, set *scopeSet, fresh slot) {
 		} else {
 			ix.size.Add(1)
 		}
-		fresh.rec = s.newRecord(record{hdr: [2]string{s.bytes.str(k.id.String()), s.bytes.str(full)},
-			set: set, usage: new(Usage)})
+		fresh.rec = s.newRecord(k.id, full, set)
 	}
 	s.m[k.id] = fresh
 	s.compact()
@@ -560,7 +644,7 @@ func (ix *Index) unpublish(id *idKey, full string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sl, ok := s.m[*id]
-	if !ok || s.record(sl.rec).hdr[1] != full {
+	if !ok || s.view(s.record(sl.rec).name) != full {
 		return // taken over by another ApiKey
 	}
 	ix.writes.Add(1)
@@ -570,14 +654,15 @@ func (ix *Index) unpublish(id *idKey, full string) {
 	s.compact()
 }
 
-// Each calls fn with every key, shard by shard, under the shard's read
-// lock: fn must be quick and must not call back into the index.
-func (ix *Index) Each(fn func(Identity)) {
+// Each calls fn with every key and its counters, shard by shard, under the
+// shard's read lock: fn must be quick, must not keep u, and must not call
+// back into the index.
+func (ix *Index) Each(fn func(id Identity, u *Usage)) {
 	for i := range ix.shards {
 		s := &ix.shards[i]
 		s.mu.RLock()
 		for _, sl := range s.m {
-			fn(Identity{rec: s.record(sl.rec)})
+			fn(s.identity(sl.rec, uint8(i)), &s.record(sl.rec).usage)
 		}
 		s.mu.RUnlock()
 	}

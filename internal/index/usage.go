@@ -23,18 +23,26 @@ const (
 var OutcomeNames = [numOutcomes]string{"allowed", "invalid_key", "archived", "expired", "insufficient_scope"}
 
 // Usage counts one key's checks since this endpoint started: a few atomic
-// adds on the hot path, read by the usage report and the metrics.
+// adds on the hot path (Index.Count), read by the usage report and the
+// metrics (Index.Each). It lives in the key's record.
 type Usage struct {
 	n        [numOutcomes]atomic.Uint64
 	lastUsed atomic.Int64 // Unix nanoseconds of the last allowed check
 }
 
-// Count records one check at now.
-func (u *Usage) Count(o Outcome, now time.Time) {
+func (u *Usage) count(o Outcome, now time.Time) {
 	u.n[o].Add(1)
 	if o == Allowed {
 		u.lastUsed.Store(now.UnixNano())
 	}
+}
+
+// copyFrom takes over another record's counts, when no check can count.
+func (u *Usage) copyFrom(from *Usage) {
+	for i := range u.n {
+		u.n[i].Store(from.n[i].Load())
+	}
+	u.lastUsed.Store(from.lastUsed.Load())
 }
 
 // Counts returns the number of checks by outcome.

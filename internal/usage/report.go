@@ -42,14 +42,14 @@ type KeyCount struct {
 // Snapshot reads the totals of every key that was checked at least once.
 func Snapshot(ix *index.Index, replica string) Report {
 	r := Report{Replica: replica, Keys: []KeyCount{}}
-	ix.Each(func(e index.Identity) {
-		allowed, denied := e.Usage().Totals()
+	ix.Each(func(e index.Identity, u *index.Usage) {
+		allowed, denied := u.Totals()
 		if allowed == 0 && denied == 0 {
 			return
 		}
 		ns, name := e.Namespace(), e.Name()
 		r.Keys = append(r.Keys, KeyCount{Namespace: ns, Name: name, KeyID: e.KeyID(),
-			Allowed: allowed, Denied: denied, LastUsed: e.Usage().LastUsed()})
+			Allowed: allowed, Denied: denied, LastUsed: u.LastUsed()})
 	})
 	return r
 }
@@ -83,9 +83,9 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) { ch <- m.desc }
 // Collect implements prometheus.Collector.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	var out []prometheus.Metric
-	m.Index.Each(func(e index.Identity) {
+	m.Index.Each(func(e index.Identity, u *index.Usage) {
 		ns, name := e.Namespace(), e.Name()
-		for o, n := range e.Usage().Counts() {
+		for o, n := range u.Counts() {
 			if n == 0 {
 				continue
 			}

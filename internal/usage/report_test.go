@@ -21,10 +21,9 @@ func TestSnapshotAndMetrics(t *testing.T) {
 	ix.SetRecord(nn, &index.Record{Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}, {ID: idle.ID, Digest: idle.Digest()}}})
 	used := time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)
 	e, _ := ix.Lookup(k.ID)
-	u := e.Usage()
-	u.Count(index.Allowed, used.Add(-time.Minute))
-	u.Count(index.Allowed, used)
-	u.Count(index.InsufficientScope, used.Add(time.Minute))
+	ix.Count(e.Identity, index.Allowed, used.Add(-time.Minute))
+	ix.Count(e.Identity, index.Allowed, used)
+	ix.Count(e.Identity, index.InsufficientScope, used.Add(time.Minute))
 
 	r := Snapshot(ix, "replica-1")
 	if r.Replica != "replica-1" || len(r.Keys) != 1 {
