@@ -125,9 +125,16 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 		}()
 		return nil
 	}
-	if err := listen(o.HTTPAddr, s.Handler()); err != nil {
-		return err
+	hl, err := net.Listen("tcp", o.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", o.HTTPAddr, err)
 	}
+	checks := s.HTTPServer()
+	go func() {
+		if err := checks.Serve(hl); err != nil {
+			errs <- err
+		}
+	}()
 	if o.MetricsAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(ctrlmetrics.Registry, promhttp.HandlerOpts{}))
@@ -187,6 +194,7 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 	}
 	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
 	defer done()
+	_ = checks.ShutdownWithContext(shutdown)
 	for _, srv := range servers {
 		_ = srv.Shutdown(shutdown)
 	}

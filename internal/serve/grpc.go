@@ -114,7 +114,7 @@ func checkResponse(v authn.Verdict, strip bool) *authv3.CheckResponse {
 		Headers: []*corev3.HeaderValueOption{header("content-type", "application/json")},
 	}
 	if v.Code == http.StatusUnauthorized {
-		denied.Headers = append(denied.Headers, header("www-authenticate", wwwAuthenticate(v.Reason)[0]))
+		denied.Headers = append(denied.Headers, header("www-authenticate", string(wwwAuthenticate(v.Reason))))
 	}
 	return &authv3.CheckResponse{
 		Status:       &rpcstatus.Status{Code: int32(code), Message: v.Reason},

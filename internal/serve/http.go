@@ -7,12 +7,14 @@ package serve
 
 import (
 	"encoding/json"
-	"net/http"
+	"errors"
 	"net/url"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/go-logr/logr"
+	"github.com/valyala/fasthttp"
 
 	"keyward.dev/keyward/internal/authn"
 )
@@ -46,26 +48,93 @@ type Server struct {
 	Log              logr.Logger
 }
 
-// Handler serves /authn (and every path below it) and /review, and 404
-// with a JSON reason elsewhere.
+// Limits of the HTTP interface.
+const (
+	// maxHeaderBytes bounds a request's line and headers: nginx forwards
+	// the client's headers to auth_request, and its own default allows
+	// 4 × 8 KiB of them.
+	maxHeaderBytes = 32 << 10
+	// maxBodyBytes bounds a body (an AuthReview, or a body Envoy's HTTP
+	// ext_authz forwards with with_request_body); /review itself takes at
+	// most maxReviewBytes.
+	maxBodyBytes = 1 << 20
+)
+
+// HTTPServer returns the server of /authn (and every path below it) and
+// /review.
 //
-// Routing is two string tests, not a ServeMux: the mux's pattern matching
-// was a sixth of the handler's time per check, and it cleans paths and
-// redirects (a 301 for /authn//x), where a path below /authn is the
-// original request's (Envoy's path_prefix) and must reach the check as it
-// is.
-func (s *Server) Handler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch p := r.URL.Path; {
-		case p == "/authn" || strings.HasPrefix(p, "/authn/"):
-			s.forwardAuth(w, r)
-		case p == "/review":
-			s.review(w, r)
-		default:
-			writeError(w, http.StatusNotFound, ReasonNotFound, "no such endpoint: checks go to /authn (forward auth) or /review (AuthReview)")
-		}
-	})
+// It is fasthttp, not net/http: a check is a few hundred nanoseconds of
+// work, and net/http's per-request costs around it (a header map built for
+// every request and cloned for every answer, the three identity headers
+// sorted and written through it) were larger than the check itself; the
+// same three headers alone cost an empty net/http handler about a fifth of
+// its throughput (docs/benchmarks.md). fasthttp parses into reused buffers
+// and writes headers from a flat list. It still answers HTTP/1.0 and 1.1,
+// keep-alive and pipelining, bodies by Content-Length or in chunks; what it
+// cannot read (oversized or malformed requests) gets a JSON reason.
+func (s *Server) HTTPServer() *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:               s.ServeFastHTTP,
+		ErrorHandler:          requestError,
+		NoDefaultServerHeader: true,
+		NoDefaultContentType:  true,
+		ReadBufferSize:        maxHeaderBytes,
+		MaxRequestBodySize:    maxBodyBytes,
+		ReadTimeout:           5 * time.Second,
+		WriteTimeout:          5 * time.Second,
+		IdleTimeout:           2 * time.Minute,
+		CloseOnShutdown:       true,
+		// fasthttp's own error lines quote the request they could not
+		// read, and with it any key: keep the contents out, and log only
+		// what kind of error it was.
+		SecureErrorLogMessage:        true,
+		Logger:                       withheldLogger{s.Log},
+		DisablePreParseMultipartForm: true,
+	}
 }
+
+// ServeFastHTTP routes by two prefix tests, not a router: a path below
+// /authn is the original request's (Envoy's path_prefix) and must reach
+// the check as it came, neither cleaned nor redirected.
+func (s *Server) ServeFastHTTP(ctx *fasthttp.RequestCtx) {
+	path, query := splitURI(str(ctx.Request.Header.RequestURI()))
+	switch {
+	case path == "/authn" || strings.HasPrefix(path, "/authn/"):
+		s.forwardAuth(ctx, query)
+	case path == "/review":
+		s.review(ctx)
+	default:
+		writeError(ctx, fasthttp.StatusNotFound, ReasonNotFound,
+			"no such endpoint: checks go to /authn (forward auth) or /review (AuthReview)")
+	}
+}
+
+// splitURI splits a request target into path and raw query; an absolute
+// form (http://host/path) loses its scheme and host.
+func splitURI(uri string) (path, query string) {
+	if !strings.HasPrefix(uri, "/") {
+		if i := strings.Index(uri, "://"); i >= 0 {
+			rest := uri[i+3:]
+			if j := strings.IndexAny(rest, "/?"); j >= 0 {
+				uri = rest[j:]
+			} else {
+				uri = "/"
+			}
+		}
+	}
+	path, query, _ = strings.Cut(uri, "?")
+	return path, query
+}
+
+// str views bytes the request owns as a string, without a copy. The
+// string is valid only while the request is being handled: nothing a
+// check keeps (the verdict, logs, metrics) holds one.
+func str(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// requestHeaders reads a request's headers by name, in any case.
+type requestHeaders struct{ h *fasthttp.RequestHeader }
+
+func (r requestHeaders) Get(name string) string { return str(r.h.Peek(name)) }
 
 // forwardAuth answers nginx auth_request, Traefik forwardAuth and Envoy's
 // HTTP ext_authz. The original request's query comes from X-Original-URI or
@@ -73,23 +142,27 @@ func (s *Server) Handler() http.Handler {
 // URL; required scopes from the scope parameter of the auth URL and the
 // X-Keyward-Required-Scopes header. Sources add up: a client can only make
 // its own request stricter.
-func (s *Server) forwardAuth(w http.ResponseWriter, r *http.Request) {
+func (s *Server) forwardAuth(ctx *fasthttp.RequestCtx, query string) {
 	start := time.Now()
-	origQuery := r.URL.RawQuery
-	if uri := firstHeader(r.Header, "X-Original-Uri", "X-Forwarded-Uri"); uri != "" {
-		_, origQuery, _ = strings.Cut(uri, "?")
+	h := requestHeaders{&ctx.Request.Header}
+	origQuery := query
+	origURI := firstHeader(h, "X-Original-Uri", "X-Forwarded-Uri")
+	if origURI != "" {
+		_, origQuery, _ = strings.Cut(origURI, "?")
 	}
 	var buf [4]string
-	required := scopesFromQuery(buf[:0], r.URL.RawQuery)
-	required = append(required, r.Header[HeaderRequiredScopes]...)
+	required := scopesFromQuery(buf[:0], query)
+	for _, v := range ctx.Request.Header.PeekAll(HeaderRequiredScopes) {
+		required = append(required, str(v))
+	}
 
-	c := authn.Extract(authn.HTTPHeader(r.Header), origQuery, s.AllowQueryKeys)
+	c := authn.Extract(h, origQuery, s.AllowQueryKeys)
 	v := s.Decider.Decide(c, required, start)
-	s.write(w, v)
+	s.write(&ctx.Response, v)
 	s.Metrics.Observe(v, start)
 	if s.Log.V(2).Enabled() {
-		s.Log.V(2).Info("decision", "reason", v.Reason, "keyId", keyID(v), "method", r.Method,
-			"uri", authn.RedactURI(firstHeader(r.Header, "X-Original-Uri", "X-Forwarded-Uri")))
+		s.Log.V(2).Info("decision", "reason", v.Reason, "keyId", keyID(v),
+			"method", string(ctx.Method()), "uri", authn.RedactURI(origURI))
 	}
 }
 
@@ -100,10 +173,10 @@ func keyID(v authn.Verdict) string {
 	return v.Identity.KeyID()
 }
 
-func firstHeader(h http.Header, names ...string) string {
+func firstHeader(h authn.Headers, names ...string) string {
 	for _, n := range names {
-		if v := h[n]; len(v) > 0 && v[0] != "" {
-			return v[0]
+		if v := h.Get(n); v != "" {
+			return v
 		}
 	}
 	return ""
@@ -125,42 +198,53 @@ func scopesFromQuery(dst []string, rawQuery string) []string {
 	return dst
 }
 
-func (s *Server) write(w http.ResponseWriter, v authn.Verdict) {
-	h := w.Header()
+// Response header names in the canonical form fasthttp keeps them in, and
+// fixed values.
+var (
+	hdrKeyID    = []byte(HeaderKeyID)
+	hdrKey      = []byte(HeaderKey)
+	hdrScopes   = []byte(HeaderScopes)
+	hdrReason   = []byte(HeaderReason)
+	hdrWarning  = []byte("Warning")
+	hdrWWWAuth  = []byte("Www-Authenticate")
+	jsonType    = []byte("application/json")
+	wwwMissing  = []byte(`Bearer realm="keyward"`)
+	wwwInvalid  = []byte(`Bearer realm="keyward", error="invalid_token"`)
+	warnQueryKy = []byte(queryKeyWarning)
+)
+
+// write answers a verdict. An allow is a 200 with the identity headers and
+// no body: every byte more is paid on each request by the gateway too.
+func (s *Server) write(resp *fasthttp.Response, v authn.Verdict) {
+	h := &resp.Header
 	if v.QueryKey {
-		h["Warning"] = []string{queryKeyWarning}
+		h.SetCanonical(hdrWarning, warnQueryKy)
 	}
 	if v.Allowed {
 		e := v.Identity
-		h[HeaderKeyID] = e.IDHeader()
-		h[HeaderKey] = e.KeyHeader()
-		h[HeaderScopes] = e.ScopesHeader()
-		// No body and no explicit WriteHeader: net/http answers 200 with
-		// Content-Length: 0 itself, and every byte or header more is paid on
-		// each request by the gateway too.
+		h.SetCanonical(hdrKeyID, bytesOf(e.KeyID()))
+		h.SetCanonical(hdrKey, bytesOf(e.Key()))
+		h.SetCanonical(hdrScopes, bytesOf(e.ScopesHeader()[0]))
 		return
 	}
-	h["Content-Type"] = jsonType
-	h[HeaderReason] = []string{v.Reason}
-	if v.Code == http.StatusUnauthorized {
-		h["Www-Authenticate"] = wwwAuthenticate(v.Reason)
+	resp.SetStatusCode(v.Code)
+	h.SetContentTypeBytes(jsonType)
+	h.SetCanonical(hdrReason, bytesOf(v.Reason))
+	if v.Code == fasthttp.StatusUnauthorized {
+		h.SetCanonical(hdrWWWAuth, wwwAuthenticate(v.Reason))
 	}
-	w.WriteHeader(v.Code)
-	_, _ = w.Write(denyBody(v))
+	resp.SetBodyRaw(denyBody(v))
 }
 
-var (
-	jsonType   = []string{"application/json"}
-	wwwMissing = []string{`Bearer realm="keyward"`}
-	wwwInvalid = []string{`Bearer realm="keyward", error="invalid_token"`}
-)
-
-func wwwAuthenticate(reason string) []string {
+func wwwAuthenticate(reason string) []byte {
 	if reason == authn.ReasonMissingKey {
 		return wwwMissing
 	}
 	return wwwInvalid
 }
+
+// bytesOf views a string as bytes for fasthttp, which copies them.
+func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 type denial struct {
 	Allowed bool   `json:"allowed"`
@@ -171,4 +255,38 @@ type denial struct {
 func denyBody(v authn.Verdict) []byte {
 	b, _ := json.Marshal(denial{Reason: v.Reason, Message: v.Message})
 	return append(b, '\n')
+}
+
+// writeError answers a request that is no check at all, in the shape of a
+// denial.
+func writeError(ctx *fasthttp.RequestCtx, code int, reason, msg string) {
+	ctx.Response.SetStatusCode(code)
+	ctx.Response.Header.SetContentTypeBytes(jsonType)
+	b, _ := json.Marshal(denial{Reason: reason, Message: msg})
+	ctx.Response.SetBodyRaw(append(b, '\n'))
+}
+
+// withheldLogger logs fasthttp's error lines by their format alone: their
+// arguments may quote a request and the key in it.
+type withheldLogger struct{ log logr.Logger }
+
+func (l withheldLogger) Printf(format string, _ ...any) {
+	l.log.V(1).Info("unreadable request or broken connection", "kind", format)
+}
+
+// requestError answers what the server could not read as a request.
+func requestError(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, authn.ReasonMalformedRequest,
+			"the request body is larger than 1 MiB")
+	case errors.As(err, &small):
+		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, authn.ReasonMalformedRequest,
+			"the request line and headers are larger than 32 KiB")
+	default:
+		// Not err's text: a parser's error may quote the request, and
+		// with it a key.
+		writeError(ctx, fasthttp.StatusBadRequest, authn.ReasonMalformedRequest, "the request is not valid HTTP/1.x")
+	}
 }

@@ -1,6 +1,7 @@
 package serve
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/valyala/fasthttp"
 
 	"keyward.dev/keyward/internal/authn"
 )
@@ -101,21 +104,21 @@ func DecodeReview(r io.Reader) (*AuthReview, error) {
 	return &rev, nil
 }
 
-func (s *Server) review(w http.ResponseWriter, r *http.Request) {
+func (s *Server) review(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		writeReviewError(w, http.StatusMethodNotAllowed, "POST an AuthReview to /review")
+	if !ctx.IsPost() {
+		ctx.Response.Header.Set("Allow", fasthttp.MethodPost)
+		writeReviewError(ctx, fasthttp.StatusMethodNotAllowed, "POST an AuthReview to /review")
 		return
 	}
-	rev, err := DecodeReview(http.MaxBytesReader(w, r.Body, maxReviewBytes))
+	body := ctx.PostBody()
+	if len(body) > maxReviewBytes {
+		writeReviewError(ctx, fasthttp.StatusRequestEntityTooLarge, "an AuthReview may be at most 64 KiB")
+		return
+	}
+	rev, err := DecodeReview(bytes.NewReader(body))
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeReviewError(w, http.StatusRequestEntityTooLarge, "an AuthReview may be at most 64 KiB")
-			return
-		}
-		writeReviewError(w, http.StatusBadRequest, err.Error())
+		writeReviewError(ctx, fasthttp.StatusBadRequest, err.Error())
 		s.Metrics.Observe(authn.Verdict{Reason: authn.ReasonMalformedRequest}, start)
 		return
 	}
@@ -142,22 +145,14 @@ func (s *Server) review(w http.ResponseWriter, r *http.Request) {
 		resp.KeyID, resp.Key, resp.Scopes = e.KeyID(), e.Key(), e.Scopes()
 	}
 	out := AuthReview{APIVersion: ReviewAPIVersion, Kind: ReviewKind, Response: resp}
-	w.Header().Set("Content-Type", "application/json")
+	ctx.Response.Header.SetContentTypeBytes(jsonType)
 	if v.QueryKey {
-		w.Header().Set("Warning", queryKeyWarning)
+		ctx.Response.Header.SetCanonical(hdrWarning, warnQueryKy)
 	}
-	_ = json.NewEncoder(w).Encode(out)
+	_ = json.NewEncoder(ctx).Encode(out)
 	s.Metrics.Observe(v, start)
 }
 
-func writeReviewError(w http.ResponseWriter, code int, msg string) {
-	writeError(w, code, authn.ReasonMalformedRequest, msg)
-}
-
-// writeError answers a request that is no check at all, in the shape of a
-// denial.
-func writeError(w http.ResponseWriter, code int, reason, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(denial{Reason: reason, Message: msg})
+func writeReviewError(ctx *fasthttp.RequestCtx, code int, msg string) {
+	writeError(ctx, code, authn.ReasonMalformedRequest, msg)
 }

@@ -3,13 +3,18 @@ package serve
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/go-logr/logr/funcr"
+	"github.com/valyala/fasthttp/fasthttputil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -36,9 +41,37 @@ func newServer(t testing.TB) (*Server, keys.Key, keys.Key) {
 	return &Server{Decider: &authn.Decider{Index: ix}, AllowQueryKeys: true, StripCredentials: true}, reader, old
 }
 
+// handler serves s on a real fasthttp server over an in-memory listener
+// and sends each request through it with net/http's client, so tests see
+// exactly what a gateway sees on the wire.
+func handler(t testing.TB, s *Server) http.Handler {
+	t.Helper()
+	l := fasthttputil.NewInmemoryListener()
+	srv := s.HTTPServer()
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Shutdown(); _ = l.Close() })
+	c := &http.Client{Transport: &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) {
+		return l.Dial()
+	}}}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = r.Clone(context.Background())
+		r.RequestURI, r.URL.Scheme, r.URL.Host = "", "http", "keyward"
+		resp, err := c.Do(r)
+		if err != nil {
+			t.Fatalf("%s %s: %v", r.Method, r.URL, err)
+		}
+		defer resp.Body.Close()
+		for k, vs := range resp.Header {
+			w.Header()[k] = vs
+		}
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	})
+}
+
 func TestForwardAuth(t *testing.T) {
 	s, reader, old := newServer(t)
-	h := s.Handler()
+	h := handler(t, s)
 	for _, tc := range []struct {
 		name, method, target string
 		headers              map[string]string
@@ -114,7 +147,7 @@ func TestForwardAuth(t *testing.T) {
 // Anything else is a 404 with a reason, not a check.
 func TestRouting(t *testing.T) {
 	s, reader, _ := newServer(t)
-	h := s.Handler()
+	h := handler(t, s)
 	for _, tc := range []struct {
 		target string
 		code   int
@@ -147,7 +180,7 @@ func TestQueryKeysCanBeTurnedOff(t *testing.T) {
 	r := httptest.NewRequest("GET", "/authn", nil)
 	r.Header.Set("X-Original-URI", "/x?_auth_key="+reader.Token())
 	w := httptest.NewRecorder()
-	s.Handler().ServeHTTP(w, r)
+	handler(t, s).ServeHTTP(w, r)
 	if w.Code != 401 || !strings.Contains(w.Body.String(), "turned off") {
 		t.Fatalf("%d %s", w.Code, w.Body)
 	}
@@ -164,7 +197,7 @@ func review(t *testing.T, h http.Handler, body string) (*httptest.ResponseRecord
 
 func TestReview(t *testing.T) {
 	s, reader, _ := newServer(t)
-	h := s.Handler()
+	h := handler(t, s)
 	w, out := review(t, h, `{"apiVersion":"keyward.dev/v1alpha1","kind":"AuthReview","request":{"uid":"u-1","method":"GET",
 		"path":"/v1/occupancy","headers":{"X-Api-Key":"`+reader.Token()+`"},"requiredScopes":["occupancy:read"]}}`)
 	r := out.Response
@@ -288,5 +321,61 @@ func TestGRPCCheckWithEnvoysClient(t *testing.T) {
 		if int(d.GetStatus().GetCode()) != tc.http || !strings.Contains(d.GetBody(), `"reason":"`+tc.reason+`"`) {
 			t.Errorf("%s: denied %d %s", tc.name, d.GetStatus().GetCode(), d.GetBody())
 		}
+	}
+}
+
+// What the server cannot read as a request gets a 4xx with a JSON reason,
+// and the answer never quotes the request (it may carry a key).
+func TestUnreadableRequests(t *testing.T) {
+	s, reader, _ := newServer(t)
+	var logs strings.Builder
+	var mu sync.Mutex
+	s.Log = funcr.New(func(prefix, args string) {
+		mu.Lock()
+		defer mu.Unlock()
+		logs.WriteString(prefix + args + "\n")
+	}, funcr.Options{Verbosity: 10})
+	l := fasthttputil.NewInmemoryListener()
+	srv := s.HTTPServer()
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Shutdown(); _ = l.Close() })
+	send := func(raw string) string {
+		t.Helper()
+		c, err := l.Dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		go func() { _, _ = io.WriteString(c, raw) }()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	token := reader.Token()
+	for _, tc := range []struct {
+		name, raw, status string
+	}{
+		{"headers over 32 KiB", "GET /authn HTTP/1.1\r\nHost: k\r\nX-Api-Key: " + token + "\r\nX-Big: " + strings.Repeat("a", 40<<10) + "\r\n\r\n", "431"},
+		{"broken request line", "GET " + token + "\r\n\r\n", "400"},
+		{"body over 1 MiB", "POST /review HTTP/1.1\r\nHost: k\r\nContent-Length: 2000000\r\nX-Api-Key: " + token + "\r\n\r\n" + strings.Repeat("a", 2000000), "413"},
+	} {
+		got := send(tc.raw)
+		if !strings.HasPrefix(got, "HTTP/1.1 "+tc.status) || !strings.Contains(got, `"reason":"malformed_request"`) {
+			t.Errorf("%s: %.300q; want %s with a JSON reason", tc.name, got, tc.status)
+		}
+		if strings.Contains(got, token) || strings.Contains(got, reader.Secret) {
+			t.Errorf("%s: the answer quotes the key", tc.name)
+		}
+	}
+	mu.Lock()
+	logged := logs.String()
+	mu.Unlock()
+	if !strings.Contains(logged, "unreadable request") || strings.Contains(logged, token) || strings.Contains(logged, reader.Secret) {
+		t.Errorf("logs quote the key or say nothing:\n%s", logged)
+	}
+	// A good request on the same server still passes.
+	if got := send("GET /authn HTTP/1.0\r\nX-Api-Key: " + token + "\r\n\r\n"); !strings.HasPrefix(got, "HTTP/1.1 200") ||
+		!strings.Contains(got, "X-Keyward-Key-Id: "+reader.ID) {
+		t.Errorf("HTTP/1.0 check: %.300q", got)
 	}
 }

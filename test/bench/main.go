@@ -50,7 +50,7 @@ var (
 	rounds      = flag.Int("rounds", 7, "rounds of a baseline run followed by a keyward run")
 	conns       = flag.Int("connections", 32, "concurrent connections of each load run")
 	bin         = flag.String("bin", "bin", "folder with keyward and bench-noop")
-	profile     = flag.String("profile", "", "write CPU profiles of the endpoint and of the baseline during their first wrk runs here (and here.noop); a longer --duration gives finer profiles")
+	profile     = flag.String("profile", "", "write CPU profiles of the endpoint and of the baselines during their first wrk runs here (and here.noop, here.fastnoop); a longer --duration gives finer profiles")
 )
 
 func main() {
@@ -166,47 +166,49 @@ func run() error {
 	if err := os.WriteFile(tokFile, []byte(strings.Join(sample, "\n")+"\n"), 0o600); err != nil {
 		return err
 	}
-	say("forward auth under wrk: %d connections, %d rounds of %s on the baseline then %s on keyward", *conns, *rounds, *duration, *duration)
-	var httpRatios, cpuRatios []float64
-	var base, kwr []wrkResult
-	for round := range *rounds {
-		first := *profile != "" && len(kwr) == 0
-		runBase := func() (wrkResult, error) {
-			return profiled(first, "http://127.0.0.1:9190", *profile+".noop", func() (wrkResult, error) {
-				return wrk("http://127.0.0.1:9180", tokFile, noop.Process.Pid)
-			})
-		}
-		runKeyward := func() (wrkResult, error) {
-			return profiled(first, "http://127.0.0.1:8090", *profile, func() (wrkResult, error) {
-				return wrk("http://127.0.0.1:8180", tokFile, authn.Process.Pid)
-			})
-		}
-		// Every other round runs keyward first: a drift in the machine's
-		// speed within a round favours neither side.
-		var b, k wrkResult
-		var err error
-		if round%2 == 0 {
-			if b, err = runBase(); err == nil {
-				k, err = runKeyward()
-			}
-		} else if k, err = runKeyward(); err == nil {
-			b, err = runBase()
-		}
-		if err != nil {
-			return err
-		}
-		if k.non2xx > 0 {
-			return fmt.Errorf("keyward answered %d requests with other than 200", k.non2xx)
-		}
-		base, kwr = append(base, b), append(kwr, k)
-		httpRatios = append(httpRatios, k.rps/b.rps)
-		cpuRatios = append(cpuRatios, b.cpuPerRequest()/k.cpuPerRequest())
+	say("forward auth under wrk: %d connections, %d rounds of %s on each of keyward and two no-op servers", *conns, *rounds, *duration)
+	// The baseline is the plainest Go HTTP server (net/http, an
+	// empty handler); the second, keyward's own HTTP server (fasthttp) with
+	// an empty handler, shows what the check itself costs.
+	type target struct {
+		url, pprof, profile string
+		pid                 int
+		runs                []wrkResult
 	}
-	bm, km := median(base), median(kwr)
-	report("no-op HTTP server (median round)", fmt.Sprintf("%.0f req/s", bm.rps), "p99 "+bm.p99)
+	netNoop := &target{url: "http://127.0.0.1:9180", pprof: "http://127.0.0.1:9190", profile: *profile + ".noop", pid: noop.Process.Pid}
+	fastNoop := &target{url: "http://127.0.0.1:9182", pprof: "http://127.0.0.1:9190", profile: *profile + ".fastnoop", pid: noop.Process.Pid}
+	kwT := &target{url: "http://127.0.0.1:8180", pprof: "http://127.0.0.1:8090", profile: *profile, pid: authn.Process.Pid}
+	targets := []*target{netNoop, kwT, fastNoop}
+	var httpRatios, fastRatios, cpuRatios []float64
+	for round := range *rounds {
+		// Each round starts with another of the three: a drift in the
+		// machine's speed within a round favours none of them.
+		for i := range targets {
+			t := targets[(round+i)%len(targets)]
+			r, err := profiled(*profile != "" && round == 0, t.pprof, t.profile, func() (wrkResult, error) {
+				return wrk(t.url, tokFile, t.pid)
+			})
+			if err != nil {
+				return err
+			}
+			if t == kwT && r.non2xx > 0 {
+				return fmt.Errorf("keyward answered %d requests with other than 200", r.non2xx)
+			}
+			t.runs = append(t.runs, r)
+		}
+		k, b, f := kwT.runs[round], netNoop.runs[round], fastNoop.runs[round]
+		httpRatios = append(httpRatios, k.rps/b.rps)
+		fastRatios = append(fastRatios, k.rps/f.rps)
+		cpuRatios = append(cpuRatios, f.cpuPerRequest()/k.cpuPerRequest())
+	}
+	bm, km, fm := median(netNoop.runs), median(kwT.runs), median(fastNoop.runs)
+	report("no-op net/http server (median round)", fmt.Sprintf("%.0f req/s", bm.rps), "p99 "+bm.p99)
+	report("no-op on keyward's HTTP server (median round)", fmt.Sprintf("%.0f req/s", fm.rps), "fasthttp, p99 "+fm.p99)
 	report("keyward forward auth (median round)", fmt.Sprintf("%.0f req/s", km.rps), fmt.Sprintf("p99 %s; %d keys, every request verified", km.p99, *keysTotal))
-	report("forward auth / no-op", ratioText(httpRatios), "target ≥ 80%")
-	report("forward auth CPU per request", fmt.Sprintf("%.1f µs (no-op %.1f µs)", medianOf(cpuOf(kwr)), medianOf(cpuOf(base))),
+	report("forward auth / no-op net/http", ratioText(httpRatios), "target ≥ 80%")
+	report("forward auth / no-op on its own server", ratioText(fastRatios), "what the check itself costs")
+	report("forward auth CPU per request", fmt.Sprintf("%.1f µs (no-op on its server %.1f µs, net/http %.1f µs)",
+		medianOf(cpuOf(kwT.runs)), medianOf(cpuOf(fastNoop.runs)), medianOf(cpuOf(netNoop.runs))),
 		"server CPU time over requests served; no-op/keyward "+ratioText(cpuRatios))
 
 	say("gRPC Check: %d concurrent callers, %d rounds of %s each", *conns, *rounds, *duration)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
 	"k8s.io/apimachinery/pkg/types"
 
 	"keyward.dev/keyward/internal/authn"
@@ -33,6 +34,8 @@ func main() {
 	addr := flag.String("http-address", "127.0.0.1:8380", "forward auth")
 	debugAddr := flag.String("debug-address", "127.0.0.1:8390", "/metrics and /debug/pprof/")
 	tokens := flag.String("tokens", "", "write 10,000 of the tokens here")
+	handler := flag.String("handler", "keyward", "keyward; or, to calibrate against keyward's answer, "+
+		"headers: a handler that only sets three identity headers of the same size")
 	flag.Parse()
 
 	ix := index.New()
@@ -68,7 +71,28 @@ func main() {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	go func() { log.Fatal(http.ListenAndServe(*debugAddr, mux)) }()
 	// The endpoint's server settings (internal/app).
-	srv := &http.Server{Addr: *addr, Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+	var h http.Handler
+	if *handler == "body" {
+		body := []byte(strings.Repeat("x", 90))
+		h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(body) })
+	}
+	if *handler == "headers" {
+		h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			hd := w.Header()
+			hd[serve.HeaderKeyID] = []string{"0123456789abcdef"}
+			hd[serve.HeaderKey] = []string{"bench/k000000"}
+			hd[serve.HeaderScopes] = []string{"bench:read,bench:write"}
+		})
+	}
 	log.Printf("%d keys, serving on %s", ix.Len(), *addr)
+	if *handler == "fasthttp-empty" {
+		log.Fatal((&fasthttp.Server{Handler: func(*fasthttp.RequestCtx) {}, NoDefaultServerHeader: true,
+			NoDefaultContentType: true}).ListenAndServe(*addr))
+	}
+	if h == nil {
+		log.Fatal(s.HTTPServer().ListenAndServe(*addr))
+	}
+	// net/http with the endpoint's former settings, to calibrate.
+	srv := &http.Server{Addr: *addr, Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 	log.Fatal(srv.ListenAndServe())
 }
