@@ -59,10 +59,10 @@ func (e *Entry) ExpiredAt(now time.Time) bool {
 type Identity struct {
 	id, key string
 	set     *scopeSet
-	// serial tells Count that the key it finds under id is still the one
-	// this identity was taken from (not another ApiKey's since).
-	serial uint32
-	shard  uint8
+	// rec and serial let Count find the record again: at rec unless a
+	// compaction moved it, and never another ApiKey's record since.
+	rec, serial uint32
+	shard       uint8
 }
 
 // Known reports whether the identity is a key's.
@@ -239,7 +239,7 @@ func (s *shard) localSet(global uint32, set *scopeSet) uint32 {
 func (s *shard) identity(n uint32, shardNo uint8) Identity {
 	r := s.record(n)
 	return Identity{id: unsafe.String(&r.id[0], len(r.id)), key: s.view(r.name), set: s.sets[r.set],
-		serial: r.serial, shard: shardNo}
+		rec: n, serial: r.serial, shard: shardNo}
 }
 
 // compact copies the live records, their counters and names into fresh
@@ -378,18 +378,23 @@ func (ix *Index) Lookup(id string) (e Entry, found bool) {
 // index since its lookup (removed, or taken over by another ApiKey) is not
 // counted: it has no counters any more.
 func (ix *Index) Count(id Identity, o Outcome, now time.Time) {
-	k, valid := keyOf(id.id)
-	if !valid {
-		return
-	}
 	s := &ix.shards[id.shard]
 	s.mu.RLock()
-	if sl, ok := s.m[k]; ok {
-		if r := s.record(sl.rec); r.serial == id.serial {
-			r.usage.count(o, now)
+	defer s.mu.RUnlock()
+	if id.rec < s.nrec {
+		if r := s.record(id.rec); r.serial == id.serial {
+			r.usage.count(o, now) // where the lookup found it: the usual case
+			return
 		}
 	}
-	s.mu.RUnlock()
+	// A compaction moved the record since the lookup: find it by key ID.
+	if k, valid := keyOf(id.id); valid {
+		if sl, ok := s.m[k]; ok {
+			if r := s.record(sl.rec); r.serial == id.serial {
+				r.usage.count(o, now)
+			}
+		}
+	}
 }
 
 // Len is the number of verifiable keys.

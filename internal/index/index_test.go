@@ -305,6 +305,7 @@ func TestCompactionKeepsWhatStays(t *testing.T) {
 		add(i)
 	}
 	held, _ := ix.Lookup(id(1))
+	stays, _ := ix.Lookup(id(0)) // looked up before its record moves
 	for i := 0; i < n; i += 100 {
 		e, _ := ix.Lookup(id(i))
 		ix.Count(e.Identity, Allowed, time.Now())
@@ -341,6 +342,12 @@ func TestCompactionKeepsWhatStays(t *testing.T) {
 		if countsOf(ix, id(i))[Allowed] != 1 {
 			t.Fatalf("key %d lost its count", i)
 		}
+	}
+	// A check that looked a key up before the compaction moved its record
+	// still counts toward it.
+	ix.Count(stays.Identity, Allowed, time.Now())
+	if n := countsOf(ix, id(0))[Allowed]; n != 2 {
+		t.Fatalf("a count across a compaction: %d, want 2", n)
 	}
 	// Freed owners and recorded keys serve new keys.
 	owners, rkeys := len(ix.owners), len(ix.rkeys)
