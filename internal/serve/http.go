@@ -131,10 +131,12 @@ func splitURI(uri string) (path, query string) {
 // check keeps (the verdict, logs, metrics) holds one.
 func str(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
-// requestHeaders reads a request's headers by name, in any case.
+// requestHeaders reads a request's headers by canonical name (X-Api-Key).
+// fasthttp stores the names of a request's headers in that same form,
+// whatever case they came in, so a lookup needs no normalising copy.
 type requestHeaders struct{ h *fasthttp.RequestHeader }
 
-func (r requestHeaders) Get(name string) string { return str(r.h.Peek(name)) }
+func (r requestHeaders) Get(canonical string) string { return str(r.h.PeekCanonical(bytesOf(canonical))) }
 
 // forwardAuth answers nginx auth_request, Traefik forwardAuth and Envoy's
 // HTTP ext_authz. The original request's query comes from X-Original-URI or

@@ -373,9 +373,20 @@ func TestUnreadableRequests(t *testing.T) {
 	if !strings.Contains(logged, "unreadable request") || strings.Contains(logged, token) || strings.Contains(logged, reader.Secret) {
 		t.Errorf("logs quote the key or say nothing:\n%s", logged)
 	}
-	// A good request on the same server still passes.
-	if got := send("GET /authn HTTP/1.0\r\nX-Api-Key: " + token + "\r\n\r\n"); !strings.HasPrefix(got, "HTTP/1.1 200") ||
-		!strings.Contains(got, "X-Keyward-Key-Id: "+reader.ID) {
-		t.Errorf("HTTP/1.0 check: %.300q", got)
+	// Good requests on the same server still pass, header names in any
+	// case, HTTP/1.0 too.
+	for _, raw := range []string{
+		"GET /authn HTTP/1.0\r\nX-Api-Key: " + token + "\r\n\r\n",
+		"GET /authn HTTP/1.1\r\nHost: k\r\nx-api-key: " + token + "\r\nconnection: close\r\n\r\n",
+		"GET /authn HTTP/1.1\r\nHost: k\r\nAUTHORIZATION: Bearer " + token + "\r\nConnection: close\r\n\r\n",
+		"GET /authn HTTP/1.1\r\nHost: k\r\nx-original-uri: /v1/x?_auth_key=" + token + "\r\nConnection: close\r\n\r\n",
+	} {
+		if got := send(raw); !strings.HasPrefix(got, "HTTP/1.1 200") || !strings.Contains(got, "X-Keyward-Key-Id: "+reader.ID) {
+			t.Errorf("%.80q: %.300q", raw, got)
+		}
+	}
+	if got := send("GET /authn HTTP/1.1\r\nHost: k\r\nx-keyward-required-scopes: devices:write\r\nX-API-KEY: " + token +
+		"\r\nConnection: close\r\n\r\n"); !strings.HasPrefix(got, "HTTP/1.1 403") {
+		t.Errorf("required scope in a lower-case header: %.300q", got)
 	}
 }

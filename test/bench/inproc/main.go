@@ -85,6 +85,13 @@ func main() {
 		})
 	}
 	log.Printf("%d keys, serving on %s", ix.Len(), *addr)
+	if *handler == "fasthttp-headers" {
+		log.Fatal((&fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+			ctx.Response.Header.Set(serve.HeaderKeyID, "0123456789abcdef")
+			ctx.Response.Header.Set(serve.HeaderKey, "bench/k000000")
+			ctx.Response.Header.Set(serve.HeaderScopes, "bench:read,bench:write")
+		}, NoDefaultServerHeader: true, NoDefaultContentType: true}).ListenAndServe(*addr))
+	}
 	if *handler == "fasthttp-empty" {
 		log.Fatal((&fasthttp.Server{Handler: func(*fasthttp.RequestCtx) {}, NoDefaultServerHeader: true,
 			NoDefaultContentType: true}).ListenAndServe(*addr))
