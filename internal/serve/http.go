@@ -136,7 +136,9 @@ func str(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 // whatever case they came in, so a lookup needs no normalising copy.
 type requestHeaders struct{ h *fasthttp.RequestHeader }
 
-func (r requestHeaders) Get(canonical string) string { return str(r.h.PeekCanonical(bytesOf(canonical))) }
+func (r requestHeaders) Get(canonical string) string {
+	return str(r.h.PeekCanonical(bytesOf(canonical)))
+}
 
 // forwardAuth answers nginx auth_request, Traefik forwardAuth and Envoy's
 // HTTP ext_authz. The original request's query comes from X-Original-URI or
