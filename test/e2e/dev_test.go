@@ -8,6 +8,8 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -76,8 +78,16 @@ func startDev(t *testing.T, bin string, args ...string) *system {
 		select {
 		case <-s.exited:
 		default:
-			_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-			<-s.exited
+			// Ctrl-C first: envtest starts etcd and the API server in
+			// process groups of their own, so only keyward dev's own
+			// shutdown stops them; SIGKILL to its group is the fallback.
+			_ = s.cmd.Process.Signal(os.Interrupt)
+			select {
+			case <-s.exited:
+			case <-time.After(30 * time.Second):
+				_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+				<-s.exited
+			}
 		}
 		if t.Failed() {
 			t.Logf("keyward dev said:\n%s", s.out.String())
@@ -257,6 +267,20 @@ func TestDevTourWithKubectl(t *testing.T) {
 		out, _ := exec.Command("pgrep", "-f", s.dir).Output()
 		if len(bytes.TrimSpace(out)) > 0 {
 			t.Fatalf("processes left running: %s", out)
+		}
+		// The API server (which runs in a process group of its own) is
+		// gone too: its address no longer answers.
+		cfg, err := clientcmd.BuildConfigFromFlags("", s.kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, err := url.Parse(cfg.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c, err := net.DialTimeout("tcp", u.Host, time.Second); err == nil {
+			c.Close()
+			t.Fatalf("the API server at %s still answers after Ctrl-C", u.Host)
 		}
 	})
 	_ = ctx
