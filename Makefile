@@ -64,8 +64,12 @@ test: verify-generated controlplane nginx ## Run every test: generated-file chec
 	go vet ./...
 	go test -count=1 -timeout 12m ./...
 
-fuzz: ## Fuzz the token parser for a while.
-	go test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./internal/keys
+FUZZTIME ?= 30s
+fuzz: ## Fuzz the token parser, credential extraction, the review decoder and the HTTP server for a while each.
+	go test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./internal/keys
+	go test -run '^$$' -fuzz FuzzExtract -fuzztime $(FUZZTIME) ./internal/authn
+	go test -run '^$$' -fuzz FuzzDecodeReview -fuzztime $(FUZZTIME) ./internal/serve
+	go test -run '^$$' -fuzz FuzzServeRaw -fuzztime $(FUZZTIME) ./internal/serve
 
 wrk:
 	@command -v wrk >/dev/null || { \
