@@ -129,6 +129,7 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", o.HTTPAddr, err)
 	}
+	defer hl.Close() // also when a listener below fails
 	checks := s.HTTPServer()
 	go func() {
 		if err := checks.Serve(hl); err != nil {
