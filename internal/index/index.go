@@ -5,14 +5,13 @@
 // The index is laid out for the garbage collector as much as for lookups:
 // an endpoint holds 100,000 keys and more, and each GC cycle marks every
 // object and scans every pointer the index holds, a cost each check pays a
-// share of. So the per-key data a check compares (digest, state, expiry)
-// sits in the values of maps whose keys and values hold no pointers (one
-// probe finds it all), the writer's per-ApiKey data in flat slices of
-// pointer-free values, and the strings in large append-only byte chunks.
-// What a check hands on (header values, scopes, counters) sits in
-// immutable records allocated in chunks, so a check can keep using one
-// after the index moved on, and the collector frees a chunk once no one
-// does.
+// share of. So nothing the index holds per key has a pointer: what a
+// check compares (digest, state, expiry) sits in the values of maps whose
+// keys and values hold none (one probe finds it all); what it hands on
+// (key ID, ApiKey name, scope set number) and the key's counters sit in
+// records in fixed chunks; the writer's per-ApiKey data in flat slices;
+// the strings in append-only byte chunks, whose bytes never change once
+// written, so a check can keep a string after the index moved on.
 package index
 
 import (
@@ -177,9 +176,8 @@ type shard struct {
 	recs []*[recChunk]record
 	nrec uint32
 	dead int
-	// bytes hold the records' names, in chunks that are never written
-	// again once used, so a string viewing them stays valid.
-	bytes [][]byte
+	// bytes hold the records' names.
+	bytes chunks
 	// sets are the scope sets the shard's records name, by shard-local
 	// number; setNo maps the index's set numbers to them.
 	sets   []*scopeSet
@@ -189,39 +187,51 @@ type shard struct {
 
 func (s *shard) record(n uint32) *record { return &s.recs[n/recChunk][n%recChunk] }
 
-// newRecord appends a record and returns its number.
-func (s *shard) newRecord(id idKey, name string, set uint32) uint32 {
+// alloc appends an empty record and returns its number.
+func (s *shard) alloc() (uint32, *record) {
 	if s.nrec == uint32(len(s.recs))*recChunk {
 		s.recs = append(s.recs, new([recChunk]record))
 	}
 	n := s.nrec
 	s.nrec++
+	return n, s.record(n)
+}
+
+// newRecord appends the record of a newly published key.
+func (s *shard) newRecord(id idKey, name string, set uint32) uint32 {
+	n, r := s.alloc()
 	s.serial++
-	r := s.record(n)
-	r.id, r.name, r.set, r.serial = id, s.str(name), set, s.serial
+	r.id, r.name, r.set, r.serial = id, s.bytes.put(name), set, s.serial
 	return n
 }
 
-// str copies a string into the byte chunks.
-func (s *shard) str(v string) span {
-	last := len(s.bytes) - 1
-	if last < 0 || cap(s.bytes[last])-len(s.bytes[last]) < len(v) {
-		s.bytes = append(s.bytes, make([]byte, 0, max(byteChunk, len(v))))
+// chunks hold strings in large byte chunks whose written bytes never
+// change: one object for the collector instead of one per string, and a
+// string viewing them stays valid for as long as anyone holds it.
+type chunks struct{ b [][]byte }
+
+// put copies v into the chunks.
+func (c *chunks) put(v string) span {
+	last := len(c.b) - 1
+	if last < 0 || cap(c.b[last])-len(c.b[last]) < len(v) {
+		c.b = append(c.b, make([]byte, 0, max(byteChunk, len(v))))
 		last++
 	}
-	b := &s.bytes[last]
-	off := len(*b)
-	*b = append(*b, v...)
+	off := len(c.b[last])
+	c.b[last] = append(c.b[last], v...)
 	return span{chunk: uint32(last), off: uint32(off), n: uint32(len(v))}
 }
 
 // view is the string a span names, without a copy.
-func (s *shard) view(sp span) string {
+func (c *chunks) view(sp span) string {
 	if sp.n == 0 {
 		return ""
 	}
-	return unsafe.String(&s.bytes[sp.chunk][sp.off], sp.n)
+	return unsafe.String(&c.b[sp.chunk][sp.off], sp.n)
 }
+
+// str copies v into the chunks and returns the copy.
+func (c *chunks) str(v string) string { return c.view(c.put(v)) }
 
 // localSet returns the shard's number for one of the index's scope sets.
 func (s *shard) localSet(global uint32, set *scopeSet) uint32 {
@@ -238,7 +248,7 @@ func (s *shard) localSet(global uint32, set *scopeSet) uint32 {
 // the shard's lock.
 func (s *shard) identity(n uint32, shardNo uint8) Identity {
 	r := s.record(n)
-	return Identity{id: unsafe.String(&r.id[0], len(r.id)), key: s.view(r.name), set: s.sets[r.set],
+	return Identity{id: unsafe.String(&r.id[0], len(r.id)), key: s.bytes.view(r.name), set: s.sets[r.set],
 		rec: n, serial: r.serial, shard: shardNo}
 }
 
@@ -251,37 +261,15 @@ func (s *shard) compact() {
 		return
 	}
 	old, oldBytes := s.recs, s.bytes
-	s.recs, s.nrec, s.bytes, s.dead = nil, 0, nil, 0
-	view := func(sp span) string { return unsafe.String(&oldBytes[sp.chunk][sp.off], sp.n) }
+	s.recs, s.nrec, s.bytes, s.dead = nil, 0, chunks{}, 0
 	for k, sl := range s.m {
 		from := &old[sl.rec/recChunk][sl.rec%recChunk]
-		if s.nrec == uint32(len(s.recs))*recChunk {
-			s.recs = append(s.recs, new([recChunk]record))
-		}
-		n := s.nrec
-		s.nrec++
-		to := s.record(n)
-		to.id, to.name, to.set, to.serial = from.id, s.str(view(from.name)), from.set, from.serial
+		n, to := s.alloc()
+		to.id, to.name, to.set, to.serial = from.id, s.bytes.put(oldBytes.view(from.name)), from.set, from.serial
 		to.usage.copyFrom(&from.usage) // no check counts meanwhile: this shard is write-locked
 		sl.rec = n
 		s.m[k] = sl
 	}
-}
-
-// byteArena hands out strings carved from large byte chunks that are never
-// written again: one object for the collector instead of one per string.
-type byteArena struct{ buf []byte }
-
-func (a *byteArena) str(s string) string {
-	if s == "" {
-		return ""
-	}
-	if cap(a.buf)-len(a.buf) < len(s) {
-		a.buf = make([]byte, 0, max(64<<10, len(s)))
-	}
-	start := len(a.buf)
-	a.buf = append(a.buf, s...)
-	return unsafe.String(&a.buf[start], len(s))
 }
 
 // --- What updates read and write: owners (ApiKeys) and recorded keys. ---
@@ -319,7 +307,7 @@ type Index struct {
 	mu sync.Mutex // serialises writers; guards everything below
 	// names maps "namespace/name" (strings from nameBytes) to an owner.
 	names                    map[string]uint32
-	nameBytes                byteArena
+	nameBytes                chunks
 	liveNameLen, deadNameLen int
 	owners                   []owner
 	freeOwners               []uint32
@@ -440,7 +428,7 @@ func (ix *Index) dropOwner(full string, oi uint32) {
 		// Copy the live names into fresh chunks: the dead ones go with
 		// the old.
 		names := make(map[string]uint32, len(ix.names))
-		ix.nameBytes, ix.deadNameLen = byteArena{}, 0
+		ix.nameBytes, ix.deadNameLen = chunks{}, 0
 		for n, i := range ix.names {
 			names[ix.nameBytes.str(n)] = i
 		}
@@ -626,7 +614,7 @@ func (ix *Index) publish(k *rkey, full string, setID uint32, fresh slot) {
 	set := s.localSet(setID, ix.sets[setID])
 	prev, dup := s.m[k.id]
 	switch {
-	case dup && s.view(s.record(prev.rec).name) == full:
+	case dup && s.bytes.view(s.record(prev.rec).name) == full:
 		// The same key of the same ApiKey: its record, and so its counts,
 		// stay; only its scopes may have changed.
 		fresh.rec = prev.rec
@@ -649,7 +637,7 @@ func (ix *Index) unpublish(id *idKey, full string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sl, ok := s.m[*id]
-	if !ok || s.view(s.record(sl.rec).name) != full {
+	if !ok || s.bytes.view(s.record(sl.rec).name) != full {
 		return // taken over by another ApiKey
 	}
 	ix.writes.Add(1)

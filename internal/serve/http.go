@@ -256,8 +256,10 @@ type denial struct {
 	Message string `json:"message"`
 }
 
-func denyBody(v authn.Verdict) []byte {
-	b, _ := json.Marshal(denial{Reason: v.Reason, Message: v.Message})
+func denyBody(v authn.Verdict) []byte { return denialJSON(v.Reason, v.Message) }
+
+func denialJSON(reason, msg string) []byte {
+	b, _ := json.Marshal(denial{Reason: reason, Message: msg})
 	return append(b, '\n')
 }
 
@@ -266,8 +268,7 @@ func denyBody(v authn.Verdict) []byte {
 func writeError(ctx *fasthttp.RequestCtx, code int, reason, msg string) {
 	ctx.Response.SetStatusCode(code)
 	ctx.Response.Header.SetContentTypeBytes(jsonType)
-	b, _ := json.Marshal(denial{Reason: reason, Message: msg})
-	ctx.Response.SetBodyRaw(append(b, '\n'))
+	ctx.Response.SetBodyRaw(denialJSON(reason, msg))
 }
 
 // withheldLogger logs fasthttp's error lines by their format alone: their

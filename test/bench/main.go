@@ -47,7 +47,7 @@ var (
 	revokeKeys  = flag.Int("revoke-keys", 10000, "keys loaded for the revocation run")
 	revocations = flag.Int("revocations", 200, "archivals timed")
 	duration    = flag.Duration("duration", 4*time.Second, "length of each load run")
-	rounds      = flag.Int("rounds", 7, "rounds of a baseline run followed by a keyward run")
+	rounds      = flag.Int("rounds", 7, "rounds of one load run on each server under test")
 	conns       = flag.Int("connections", 32, "concurrent connections of each load run")
 	bin         = flag.String("bin", "bin", "folder with keyward and bench-noop")
 	profile     = flag.String("profile", "", "write CPU profiles of the endpoint and of the baselines during their first wrk runs here (and here.noop, here.fastnoop); a longer --duration gives finer profiles")
@@ -332,14 +332,9 @@ func createKeys(ctx context.Context, c client.Client, ns string, from, to int) (
 func pinChildren(cpus string) {
 	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	for _, st := range stats {
-		b, err := os.ReadFile(st)
-		if err != nil {
-			continue
-		}
-		name := string(b[bytes.IndexByte(b, '(')+1 : bytes.LastIndexByte(b, ')')])
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		pid := filepath.Base(filepath.Dir(st))
+		name, f := procStat(pid)
 		if (name == "etcd" || name == "kube-apiserver") && len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
-			pid := filepath.Base(filepath.Dir(st))
 			if out, err := exec.Command("taskset", "-apc", cpus, pid).CombinedOutput(); err != nil {
 				fmt.Fprintf(os.Stderr, "bench: pin %s to CPUs %s: %v %s\n", pid, cpus, err, out)
 			}
@@ -488,18 +483,24 @@ func wrk(url, tokFile string, pid int) (wrkResult, error) {
 // cpuTime is the user and system CPU time a process has used
 // (/proc/PID/stat, in clock ticks of 10 ms).
 func cpuTime(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// The fields after the command name (which may hold spaces).
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	_, f := procStat(strconv.Itoa(pid))
 	if len(f) < 13 {
 		return 0
 	}
 	utime, _ := strconv.ParseInt(f[11], 10, 64)
 	stime, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// procStat reads /proc/PID/stat: the command name, and the fields after it
+// (the name may hold spaces), from the state on.
+func procStat(pid string) (name string, fields []string) {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	if err != nil || open < 0 || end < open {
+		return "", nil
+	}
+	return string(b[open+1 : end]), strings.Fields(string(b[end+1:]))
 }
 
 // median is the run with the median throughput.

@@ -34,8 +34,9 @@ func main() {
 	addr := flag.String("http-address", "127.0.0.1:8380", "forward auth")
 	debugAddr := flag.String("debug-address", "127.0.0.1:8390", "/metrics and /debug/pprof/")
 	tokens := flag.String("tokens", "", "write 10,000 of the tokens here")
-	handler := flag.String("handler", "keyward", "keyward; or, to calibrate against keyward's answer, "+
-		"headers: a handler that only sets three identity headers of the same size")
+	handler := flag.String("handler", "keyward", "keyward; or, to calibrate against keyward's answer: "+
+		"headers (net/http, a handler that only sets three identity headers of the same size), "+
+		"fasthttp-headers (the same on keyward's server), fasthttp-empty (an empty handler on keyward's server)")
 	flag.Parse()
 
 	ix := index.New()
@@ -70,36 +71,27 @@ func main() {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	go func() { log.Fatal(http.ListenAndServe(*debugAddr, mux)) }()
-	// The endpoint's server settings (internal/app).
-	var h http.Handler
-	if *handler == "body" {
-		body := []byte(strings.Repeat("x", 90))
-		h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(body) })
-	}
-	if *handler == "headers" {
-		h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			hd := w.Header()
-			hd[serve.HeaderKeyID] = []string{"0123456789abcdef"}
-			hd[serve.HeaderKey] = []string{"bench/k000000"}
-			hd[serve.HeaderScopes] = []string{"bench:read,bench:write"}
-		})
-	}
 	log.Printf("%d keys, serving on %s", ix.Len(), *addr)
-	if *handler == "fasthttp-headers" {
-		log.Fatal((&fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
-			ctx.Response.Header.Set(serve.HeaderKeyID, "0123456789abcdef")
-			ctx.Response.Header.Set(serve.HeaderKey, "bench/k000000")
-			ctx.Response.Header.Set(serve.HeaderScopes, "bench:read,bench:write")
-		}, NoDefaultServerHeader: true, NoDefaultContentType: true}).ListenAndServe(*addr))
+	setHeaders := func(set func(k, v string)) {
+		set(serve.HeaderKeyID, "0123456789abcdef")
+		set(serve.HeaderKey, "bench/k000000")
+		set(serve.HeaderScopes, "bench:read,bench:write")
 	}
-	if *handler == "fasthttp-empty" {
-		log.Fatal((&fasthttp.Server{Handler: func(*fasthttp.RequestCtx) {}, NoDefaultServerHeader: true,
-			NoDefaultContentType: true}).ListenAndServe(*addr))
+	// The calibration servers differ from keyward's in their handler only.
+	fast := s.HTTPServer()
+	switch *handler {
+	case "keyward":
+	case "fasthttp-empty":
+		fast.Handler = func(*fasthttp.RequestCtx) {}
+	case "fasthttp-headers":
+		fast.Handler = func(ctx *fasthttp.RequestCtx) { setHeaders(ctx.Response.Header.Set) }
+	case "headers":
+		// net/http with the settings keyward's endpoint had on it.
+		srv := &http.Server{Addr: *addr, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute,
+			Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { setHeaders(w.Header().Set) })}
+		log.Fatal(srv.ListenAndServe())
+	default:
+		log.Fatalf("unknown --handler %q", *handler)
 	}
-	if h == nil {
-		log.Fatal(s.HTTPServer().ListenAndServe(*addr))
-	}
-	// net/http with the endpoint's former settings, to calibrate.
-	srv := &http.Server{Addr: *addr, Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
-	log.Fatal(srv.ListenAndServe())
+	log.Fatal(fast.ListenAndServe(*addr))
 }
