@@ -8,11 +8,12 @@ import (
 // may grant them.
 type ApiKeyPolicySpec struct {
 	// RestrictedScopes are scope patterns that a key may hold only where a
-	// rule of this policy allows them. A pattern matches scopes segment by
-	// segment (segments split on ':'): a '*' segment matches any one
-	// segment, anything else itself; the pattern '*' alone matches only the
-	// full-access scope '*' (and that scope only it). A '*' segment of a
-	// scope grants any segment, so '*:write' also matches 'devices:*'.
+	// rule of this policy allows them. A pattern names scopes segment by
+	// segment (segments split on ':'): a '*' segment names any one
+	// segment, anything else itself; the pattern '*' alone names only the
+	// full-access scope '*'. A requested scope is restricted when what it
+	// grants overlaps what a pattern names: '*' (full access) is restricted
+	// by every pattern, 'devices:*' by '*:write', '*:write' by 'billing:*'.
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=64
 	// +listType=set
@@ -29,8 +30,10 @@ type ApiKeyPolicySpec struct {
 type PolicyRule struct {
 	// NamespaceSelector chooses namespaces by label; {} chooses all.
 	NamespaceSelector metav1.LabelSelector `json:"namespaceSelector"`
-	// Scopes are the patterns (as in restrictedScopes) these namespaces may
-	// grant.
+	// Scopes are the patterns these namespaces may grant: a restricted
+	// scope passes when these cover the part of it that the policy
+	// restricts ('*' covers everything; otherwise segment by segment, a
+	// '*' segment covers any segment, anything else itself).
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=64
 	// +listType=set

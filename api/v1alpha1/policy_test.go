@@ -2,6 +2,10 @@ package v1alpha1_test
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"math/rand"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -56,6 +60,7 @@ func TestRestrictedScopesAtAdmission(t *testing.T) {
 	writer := ns("writer", map[string]string{"keyward.dev/write-access": "true"})
 	biller := ns("biller", map[string]string{"billing": "enabled"})
 	gold := ns("gold", map[string]string{"tier": "gold", "keyward.dev/write-access": "true"})
+	goldBiller := ns("gold-biller", map[string]string{"billing": "enabled", "keyward.dev/write-access": "true"})
 
 	createKey := func(ns, name string, scopes ...kw.Scope) error {
 		return c.Create(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: kw.ApiKeySpec{Scopes: scopes}})
@@ -86,12 +91,18 @@ func TestRestrictedScopesAtAdmission(t *testing.T) {
 		{"a write scope, plain namespace", plain, []kw.Scope{"occupancy:read", "devices:write"}, "scope devices:write is restricted by ApiKeyPolicy default"},
 		{"a wildcard that grants write", plain, []kw.Scope{"devices:*"}, "scope devices:* is restricted by ApiKeyPolicy default"},
 		{"read scopes, plain namespace", plain, []kw.Scope{"occupancy:read", "agents:activate"}, ""},
-		{"write access where allowed", writer, []kw.Scope{"*", "devices:write"}, ""},
+		{"write access where allowed", writer, []kw.Scope{"devices:*", "devices:write"}, ""},
+		// Full access grants billing:*, which policy billing restricts.
+		{"full access past a narrower policy", writer, []kw.Scope{"*"}, "scope * is restricted by ApiKeyPolicy billing and namespace writer may not grant it"},
+		{"a wildcard segment past a narrower policy", writer, []kw.Scope{"*:read"}, "scope *:read is restricted by ApiKeyPolicy billing"},
+		{"full access where every policy allows it", goldBiller, []kw.Scope{"*"}, ""},
 		{"billing where only write is allowed", writer, []kw.Scope{"billing:read"}, "scope billing:read is restricted by ApiKeyPolicy billing and namespace writer may not grant it; a cluster administrator can allow it with: kubectl label namespace writer billing=enabled"},
 		{"billing where billing is enabled", biller, []kw.Scope{"billing:read", "billing:refund"}, ""},
 		{"both policies must pass", biller, []kw.Scope{"billing:read", "billing:write"}, "scope billing:write is restricted by ApiKeyPolicy default"},
 		{"matchExpressions rule allows read", gold, []kw.Scope{"billing:read", "devices:write"}, ""},
 		{"matchExpressions rule allows only read", gold, []kw.Scope{"billing:refund"}, "scope billing:refund is restricted by ApiKeyPolicy billing"},
+		{"read allowed does not allow billing:*", gold, []kw.Scope{"billing:*"}, "scope billing:* is restricted by ApiKeyPolicy billing"},
+		{"the billing part of *:read is allowed", gold, []kw.Scope{"*:read"}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := createKey(tc.ns, "k"+string(rune('a'+i)), tc.scopes...)
@@ -117,6 +128,11 @@ func TestRestrictedScopesAtAdmission(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("Go and the API server's CEL agree on generated scopes", func(t *testing.T) {
+		differential(t, map[string]map[string]string{plain: nil, writer: {"keyward.dev/write-access": "true"},
+			biller: {"billing": "enabled"}, gold: {"tier": "gold", "keyward.dev/write-access": "true"}})
+	})
 
 	t.Run("label removed, then added back", func(t *testing.T) {
 		if err := createKey(writer, "robot", "devices:write"); err != nil {
@@ -171,4 +187,99 @@ func TestRestrictedScopesAtAdmission(t *testing.T) {
 		label(&yes)
 		settle("after the label is back", true, "robot3")
 	})
+}
+
+// differential generates policies and scopes and asks the API server
+// (dry-run creates, so the CEL of config/admission runs as it does for
+// anyone) and internal/policy the same question: is the scope refused in
+// this namespace? They must agree on every one.
+func differential(t *testing.T, namespaces map[string]map[string]string) {
+	ctx := context.Background()
+	rnd := rand.New(rand.NewSource(time.Now().UnixNano()))
+	segs := []string{"a", "b", "read", "write", "*"}
+	pattern := func() string {
+		if rnd.Intn(8) == 0 {
+			return "*"
+		}
+		n := 1 + rnd.Intn(3)
+		out := make([]string, n)
+		for i := range out {
+			out[i] = segs[rnd.Intn(len(segs))]
+		}
+		return strings.Join(out, ":")
+	}
+	patterns := func(n int) []kw.Scope {
+		seen := map[string]bool{}
+		var out []kw.Scope
+		for len(out) < n {
+			if p := pattern(); !seen[p] {
+				seen[p] = true
+				out = append(out, kw.Scope(p))
+			}
+		}
+		return out
+	}
+	nsNames := slices.Sorted(maps.Keys(namespaces))
+	checked := 0
+	for round := 0; round < 4; round++ {
+		// After each round's policy, a second one restricts a sentinel
+		// scope nobody may hold: the API server sees ApiKeyPolicies in the
+		// order they were written, so once it refuses the sentinel it has
+		// the generated policy (and no longer the last round's).
+		sentinel := kw.Scope(fmt.Sprintf("sentinel%d:probe", round))
+		pol := &kw.ApiKeyPolicy{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("generated-%d", round)},
+			Spec: kw.ApiKeyPolicySpec{RestrictedScopes: patterns(1 + rnd.Intn(3))}}
+		probe := &kw.ApiKeyPolicy{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("sentinel-%d", round)},
+			Spec: kw.ApiKeyPolicySpec{RestrictedScopes: []kw.Scope{sentinel}}}
+		for i := 0; i < 1+rnd.Intn(3); i++ {
+			sel := metav1.LabelSelector{}
+			if rnd.Intn(3) > 0 {
+				sel.MatchLabels = map[string]string{"keyward.dev/write-access": "true"}
+				if rnd.Intn(2) == 0 {
+					sel.MatchLabels = map[string]string{"tier": "gold"}
+				}
+			}
+			pol.Spec.Allow = append(pol.Spec.Allow, kw.PolicyRule{NamespaceSelector: sel, Scopes: patterns(1 + rnd.Intn(3))})
+		}
+		for _, p := range []*kw.ApiKeyPolicy{pol, probe} {
+			if err := c.Create(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tryKey := func(ns string, scopes ...kw.Scope) error {
+			return c.Create(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "differential"},
+				Spec: kw.ApiKeySpec{Scopes: scopes}}, client.DryRunAll)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for tryKey(nsNames[0], sentinel) == nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("policy %s never took effect", pol.Name)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		var list kw.ApiKeyPolicyList
+		if err := c.List(ctx, &list); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 60; i++ {
+			ns := nsNames[rnd.Intn(len(nsNames))]
+			scope := pattern()
+			err := tryKey(ns, kw.Scope(scope))
+			if err != nil && !strings.Contains(err.Error(), "is restricted by ApiKeyPolicy") {
+				t.Fatalf("scope %q in %s refused for another reason: %v", scope, ns, err)
+			}
+			denied := policy.Denied(list.Items, namespaces[ns], []string{scope})
+			if (err != nil) != (len(denied) > 0) {
+				t.Errorf("scope %q in namespace %s (labels %v) under policy %s %v: the API server says %v, internal/policy %v",
+					scope, ns, namespaces[ns], pol.Name, pol.Spec, err, denied)
+			}
+			checked++
+		}
+		for _, p := range []*kw.ApiKeyPolicy{pol, probe} {
+			if err := c.Delete(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Logf("%d generated scopes judged alike by the API server and internal/policy", checked)
 }

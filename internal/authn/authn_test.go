@@ -33,8 +33,9 @@ func (f *fixture) add(t testing.TB, name string, ak index.ApiKey) keys.Key {
 		t.Fatal(err)
 	}
 	nn := types.NamespacedName{Namespace: "team-a", Name: name}
+	ak.UID = testUID(nn)
 	f.ix.SetApiKey(nn, &ak)
-	f.ix.SetRecord(nn, &index.Record{Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}}})
+	f.ix.SetRecord(nn, &index.Record{Owner: testUID(nn), Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}}})
 	return k
 }
 
@@ -214,3 +215,7 @@ func TestOutcomeNamesAreReasons(t *testing.T) {
 		}
 	}
 }
+
+// testUID is the UID of the ApiKey nn and of its record's owner reference:
+// the index serves a record only while the two agree.
+func testUID(nn types.NamespacedName) types.UID { return types.UID("uid-" + nn.String()) }

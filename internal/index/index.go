@@ -28,7 +28,6 @@ import (
 
 	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/internal/keys"
-	"keyward.dev/keyward/internal/policy"
 )
 
 // Entry is a copy of one verifiable key, taken in one step under the
@@ -95,6 +94,7 @@ func unixNano(t time.Time) int64 {
 
 // ApiKey is what the index needs of an ApiKey.
 type ApiKey struct {
+	UID       types.UID
 	Scopes    []string
 	Archived  bool
 	ExpiresAt time.Time
@@ -109,6 +109,14 @@ type Key struct {
 
 // Record is what the index needs of an ApiKeyRecord.
 type Record struct {
+	// UID and Created (creationTimestamp) order the records that claim
+	// the same key ID: the first created owns it.
+	UID     types.UID
+	Created time.Time
+	// Owner is the UID of the ApiKey of the same namespace and name that
+	// controls the record, "" when none does: then the record is not
+	// served.
+	Owner   types.UID
 	Keys    []Key
 	Revoked bool
 }
@@ -125,153 +133,6 @@ func keyOf(id string) (k idKey, ok bool) {
 
 func (k *idKey) String() string { return unsafe.String(&k[0], len(k)) }
 
-// none is the end of a list of uint32 indexes.
-const none = ^uint32(0)
-
-// --- What checks read: shards of slots and records. ---
-
-const shardCount = 64
-
-// slot is one published key: what a check compares and judges, and the
-// number of its record. Slots are the values of a shard's map: one probe
-// finds all of it.
-type slot struct {
-	sum                  keys.Sum
-	expiresAt, revokesAt int64
-	rec                  uint32
-	archived             bool
-}
-
-// record is what a check hands on about a key (its ID, its ApiKey's name,
-// its scopes) and the key's counters. It holds no pointer: the name is a
-// span of the shard's byte chunks and the scopes a number in the shard's
-// table of sets. Records are changed only under the shard's write lock and
-// counted only under its read lock, so compaction can move them, counters
-// and all, without losing a count.
-type record struct {
-	id     idKey
-	name   span
-	set    uint32
-	serial uint32
-	usage  Usage
-}
-
-// span is a string in a shard's byte chunks.
-type span struct{ chunk, off, n uint32 }
-
-const (
-	recChunk  = 256      // records per chunk
-	byteChunk = 16 << 10 // bytes per chunk of names
-)
-
-type shard struct {
-	mu sync.RWMutex
-	// m maps a key ID's 16 bytes to its slot: keys and values without
-	// pointers, which the collector never scans.
-	m map[idKey]slot
-	// recs are the records, in chunks that never move, numbered in order.
-	// Records no slot names any more are dead until a compaction drops
-	// them. Every chunk is free of pointers: the collector marks it and
-	// moves on, however many keys it holds.
-	recs []*[recChunk]record
-	nrec uint32
-	dead int
-	// bytes hold the records' names.
-	bytes chunks
-	// sets are the scope sets the shard's records name, by shard-local
-	// number; setNo maps the index's set numbers to them.
-	sets   []*scopeSet
-	setNo  map[uint32]uint32
-	serial uint32
-}
-
-func (s *shard) record(n uint32) *record { return &s.recs[n/recChunk][n%recChunk] }
-
-// alloc appends an empty record and returns its number.
-func (s *shard) alloc() (uint32, *record) {
-	if s.nrec == uint32(len(s.recs))*recChunk {
-		s.recs = append(s.recs, new([recChunk]record))
-	}
-	n := s.nrec
-	s.nrec++
-	return n, s.record(n)
-}
-
-// newRecord appends the record of a newly published key.
-func (s *shard) newRecord(id idKey, name string, set uint32) uint32 {
-	n, r := s.alloc()
-	s.serial++
-	r.id, r.name, r.set, r.serial = id, s.bytes.put(name), set, s.serial
-	return n
-}
-
-// chunks hold strings in large byte chunks whose written bytes never
-// change: one object for the collector instead of one per string, and a
-// string viewing them stays valid for as long as anyone holds it.
-type chunks struct{ b [][]byte }
-
-// put copies v into the chunks.
-func (c *chunks) put(v string) span {
-	last := len(c.b) - 1
-	if last < 0 || cap(c.b[last])-len(c.b[last]) < len(v) {
-		c.b = append(c.b, make([]byte, 0, max(byteChunk, len(v))))
-		last++
-	}
-	off := len(c.b[last])
-	c.b[last] = append(c.b[last], v...)
-	return span{chunk: uint32(last), off: uint32(off), n: uint32(len(v))}
-}
-
-// view is the string a span names, without a copy.
-func (c *chunks) view(sp span) string {
-	if sp.n == 0 {
-		return ""
-	}
-	return unsafe.String(&c.b[sp.chunk][sp.off], sp.n)
-}
-
-// str copies v into the chunks and returns the copy.
-func (c *chunks) str(v string) string { return c.view(c.put(v)) }
-
-// localSet returns the shard's number for one of the index's scope sets.
-func (s *shard) localSet(global uint32, set *scopeSet) uint32 {
-	if n, ok := s.setNo[global]; ok {
-		return n
-	}
-	n := uint32(len(s.sets))
-	s.sets = append(s.sets, set)
-	s.setNo[global] = n
-	return n
-}
-
-// identity is what a check hands on about the record rec; the caller holds
-// the shard's lock.
-func (s *shard) identity(n uint32, shardNo uint8) Identity {
-	r := s.record(n)
-	return Identity{id: unsafe.String(&r.id[0], len(r.id)), key: s.bytes.view(r.name), set: s.sets[r.set],
-		rec: n, serial: r.serial, shard: shardNo}
-}
-
-// compact copies the live records, their counters and names into fresh
-// chunks once most are dead (keys removed or taken over). Checks that hold
-// an identity keep the old name and record chunks alive until they are
-// done.
-func (s *shard) compact() {
-	if s.dead < recChunk || s.dead < len(s.m) {
-		return
-	}
-	old, oldBytes := s.recs, s.bytes
-	s.recs, s.nrec, s.bytes, s.dead = nil, 0, chunks{}, 0
-	for k, sl := range s.m {
-		from := &old[sl.rec/recChunk][sl.rec%recChunk]
-		n, to := s.alloc()
-		to.id, to.name, to.set, to.serial = from.id, s.bytes.put(oldBytes.view(from.name)), from.set, from.serial
-		to.usage.copyFrom(&from.usage) // no check counts meanwhile: this shard is write-locked
-		sl.rec = n
-		s.m[k] = sl
-	}
-}
-
 // --- What updates read and write: owners (ApiKeys) and recorded keys. ---
 
 // owner is all the index holds for one ApiKey, with no pointers.
@@ -284,11 +145,24 @@ type owner struct {
 	// the scopes header says (own itself when nothing is restricted).
 	own, granted uint32
 	// keys is the first of the recorded keys (a list through rkey.next):
-	// while both the ApiKey and the record exist, each has a slot.
+	// while the owner is published, it claims each (ownership.go).
 	keys uint32
+	// name is the ApiKey's "namespace/name" in the index's nameBytes.
+	name span
+	// apiKeyUID is the ApiKey's UID; recordOwner the UID of the ApiKey
+	// that controls the record (its controller owner reference). A record
+	// counts only while the two agree: a record planted before its ApiKey,
+	// or left from an earlier ApiKey of the same name, is never served.
+	apiKeyUID, recordOwner uid
+	// recordUID and recordCreated (Unix nanoseconds) order the claimants
+	// of a key ID.
+	recordUID     uid
+	recordCreated int64
 }
 
-func (o *owner) published() bool { return o.hasApiKey && o.hasRecord }
+func (o *owner) published() bool {
+	return o.hasApiKey && o.hasRecord && o.apiKeyUID != uid{} && o.apiKeyUID == o.recordOwner
+}
 
 // rkey is one recorded key, its digest parsed: 32 bytes, not 71 characters.
 type rkey struct {
@@ -313,6 +187,12 @@ type Index struct {
 	freeOwners               []uint32
 	rkeys                    []rkey
 	freeRkeys                []uint32
+	// claims maps each claimed key ID to a claimant; contested lists all
+	// claimants of the few key IDs more than one ApiKey claims
+	// (ownership.go).
+	claims     map[idKey]uint32
+	contested  map[idKey][]uint32
+	contestedN atomic.Int64
 	// sets interns scope lists: keys with the same scopes share them.
 	sets   []*scopeSet
 	setIDs map[string]uint32
@@ -330,7 +210,7 @@ type Index struct {
 // New returns an empty index.
 func New() *Index {
 	ix := &Index{seed: maphash.MakeSeed(), names: map[string]uint32{}, setIDs: map[string]uint32{},
-		nsLabels: map[string]map[string]string{}}
+		nsLabels: map[string]map[string]string{}, claims: map[idKey]uint32{}, contested: map[idKey][]uint32{}}
 	for i := range ix.shards {
 		ix.shards[i].m = map[idKey]slot{}
 		ix.shards[i].setNo = map[uint32]uint32{}
@@ -411,8 +291,9 @@ func (ix *Index) owner(full string, create bool) (uint32, bool) {
 		oi = uint32(len(ix.owners))
 		ix.owners = append(ix.owners, owner{})
 	}
-	ix.owners[oi] = owner{keys: none}
-	ix.names[ix.nameBytes.str(full)] = oi
+	sp := ix.nameBytes.put(full)
+	ix.owners[oi] = owner{keys: none, name: sp}
+	ix.names[ix.nameBytes.view(sp)] = oi
 	ix.liveNameLen += len(full)
 	return oi, true
 }
@@ -430,7 +311,9 @@ func (ix *Index) dropOwner(full string, oi uint32) {
 		names := make(map[string]uint32, len(ix.names))
 		ix.nameBytes, ix.deadNameLen = chunks{}, 0
 		for n, i := range ix.names {
-			names[ix.nameBytes.str(n)] = i
+			sp := ix.nameBytes.put(n)
+			names[ix.nameBytes.view(sp)] = i
+			ix.owners[i].name = sp
 		}
 		ix.names = names
 	}
@@ -452,17 +335,18 @@ func (ix *Index) SetApiKey(nn types.NamespacedName, k *ApiKey) {
 			return
 		}
 		old := ix.publishedIDs(o)
-		o.hasApiKey, o.archived, o.expiresAt, o.own, o.granted = false, false, 0, 0, 0
+		o.hasApiKey, o.archived, o.expiresAt, o.own, o.granted, o.apiKeyUID = false, false, 0, 0, 0, uid{}
 		ix.rebuild(full, oi, old)
 		return
 	}
 	own := ix.intern(k.Scopes)
 	expiresAt := unixNano(k.ExpiresAt)
-	if o.hasApiKey && o.own == own && o.archived == k.Archived && o.expiresAt == expiresAt {
+	u := uidOf(k.UID)
+	if o.hasApiKey && o.own == own && o.archived == k.Archived && o.expiresAt == expiresAt && o.apiKeyUID == u {
 		return // a status or metadata change: nothing the check reads
 	}
 	old := ix.publishedIDs(o)
-	o.hasApiKey, o.archived, o.expiresAt, o.own = true, k.Archived, expiresAt, own
+	o.hasApiKey, o.archived, o.expiresAt, o.own, o.apiKeyUID = true, k.Archived, expiresAt, own, u
 	o.granted = ix.grant(nn.Namespace, own)
 	ix.rebuild(full, oi, old)
 }
@@ -479,9 +363,9 @@ func (ix *Index) SetRecord(nn types.NamespacedName, r *Record) {
 	o := &ix.owners[oi]
 	old := ix.publishedIDs(o)
 	ix.freeKeys(o)
-	o.hasRecord, o.revoked = r != nil, false
+	o.hasRecord, o.revoked, o.recordOwner, o.recordUID, o.recordCreated = r != nil, false, uid{}, uid{}, 0
 	if r != nil {
-		o.revoked = r.Revoked
+		o.revoked, o.recordOwner, o.recordUID, o.recordCreated = r.Revoked, uidOf(r.Owner), uidOf(r.UID), unixNano(r.Created)
 		last := none
 		for _, k := range r.Keys {
 			sum, err := keys.ParseDigest(k.Digest)
@@ -538,12 +422,12 @@ func (ix *Index) Retain(apiKeys bool, namespace string, keep map[types.Namespace
 		o := &ix.owners[oi]
 		if apiKeys && o.hasApiKey {
 			old := ix.publishedIDs(o)
-			o.hasApiKey, o.archived, o.expiresAt, o.own, o.granted = false, false, 0, 0, 0
+			o.hasApiKey, o.archived, o.expiresAt, o.own, o.granted, o.apiKeyUID = false, false, 0, 0, 0, uid{}
 			ix.rebuild(full, oi, old)
 		} else if !apiKeys && o.hasRecord {
 			old := ix.publishedIDs(o)
 			ix.freeKeys(o)
-			o.hasRecord, o.revoked = false, false
+			o.hasRecord, o.revoked, o.recordOwner, o.recordUID, o.recordCreated = false, false, uid{}, uid{}, 0
 			ix.rebuild(full, oi, old)
 		}
 	}
@@ -581,70 +465,32 @@ func (ix *Index) publishedIDs(o *owner) []idKey {
 	return ids
 }
 
-// rebuild publishes the slots of one ApiKey (one per recorded key, only
-// while both the ApiKey and its record exist), then removes those of old
-// that it no longer has. A key that stays is replaced in one step: a
-// concurrent check sees the old entry or the new one, never none.
+// rebuild brings the claims of one ApiKey up to date (one per recorded
+// key while it is published) and settles every key ID whose claimants
+// changed: old are the IDs it claimed before. A key that stays is
+// republished in one step: a concurrent check sees the old entry or the
+// new one, never none.
 func (ix *Index) rebuild(full string, oi uint32, old []idKey) {
 	o := &ix.owners[oi]
 	var now []idKey
 	if o.published() {
 		for ki := o.keys; ki != none; ki = ix.rkeys[ki].next {
-			k := &ix.rkeys[ki]
-			ix.publish(k, full, o.granted, slot{sum: k.sum, archived: o.archived || o.revoked,
-				expiresAt: o.expiresAt, revokesAt: k.revokesAt})
-			now = append(now, k.id)
+			now = append(now, ix.rkeys[ki].id)
 		}
 	}
 	for _, id := range old {
 		if !slices.Contains(now, id) {
-			ix.unpublish(&id, full)
+			ix.unclaim(id, oi)
+			ix.settle(id)
 		}
+	}
+	for _, id := range now {
+		ix.claim(id, oi)
+		ix.settle(id)
 	}
 	if !o.hasApiKey && !o.hasRecord {
 		ix.dropOwner(full, oi)
 	}
-}
-
-func (ix *Index) publish(k *rkey, full string, setID uint32, fresh slot) {
-	s := ix.shard(&k.id)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ix.writes.Add(1)
-	set := s.localSet(setID, ix.sets[setID])
-	prev, dup := s.m[k.id]
-	switch {
-	case dup && s.bytes.view(s.record(prev.rec).name) == full:
-		// The same key of the same ApiKey: its record, and so its counts,
-		// stay; only its scopes may have changed.
-		fresh.rec = prev.rec
-		s.record(prev.rec).set = set
-	default:
-		if dup {
-			// Another ApiKey recorded the same ID: the newer takes it over.
-			s.dead++
-		} else {
-			ix.size.Add(1)
-		}
-		fresh.rec = s.newRecord(k.id, full, set)
-	}
-	s.m[k.id] = fresh
-	s.compact()
-}
-
-func (ix *Index) unpublish(id *idKey, full string) {
-	s := ix.shard(id)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sl, ok := s.m[*id]
-	if !ok || s.bytes.view(s.record(sl.rec).name) != full {
-		return // taken over by another ApiKey
-	}
-	ix.writes.Add(1)
-	delete(s.m, *id)
-	s.dead++
-	ix.size.Add(-1)
-	s.compact()
 }
 
 // Each calls fn with every key and its counters, shard by shard, under the
@@ -658,98 +504,5 @@ func (ix *Index) Each(fn func(id Identity, u *Usage)) {
 			fn(s.identity(sl.rec, uint8(i)), &s.record(sl.rec).usage)
 		}
 		s.mu.RUnlock()
-	}
-}
-
-// grant returns the scopes a key in namespace may use: its own, less those
-// an ApiKeyPolicy restricts and does not allow there.
-func (ix *Index) grant(namespace string, own uint32) uint32 {
-	if len(ix.policies) == 0 {
-		return own
-	}
-	scopes := ix.sets[own].scopes
-	denied := policy.Denied(ix.policies, ix.nsLabels[namespace], scopes)
-	if len(denied) == 0 {
-		return own
-	}
-	kept := slices.DeleteFunc(slices.Clone(scopes), func(s string) bool {
-		return slices.ContainsFunc(denied, func(d policy.Denial) bool { return d.Scope == s })
-	})
-	return ix.intern(kept)
-}
-
-// SetPolicy records an ApiKeyPolicy; nil removes it. Keys whose scopes it
-// changes are republished at once.
-func (ix *Index) SetPolicy(name string, p *kw.ApiKeyPolicy) {
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	i := slices.IndexFunc(ix.policies, func(q kw.ApiKeyPolicy) bool { return q.Name == name })
-	switch {
-	case p == nil && i < 0:
-		return
-	case p == nil:
-		ix.policies = slices.Delete(ix.policies, i, i+1)
-	case i < 0:
-		ix.policies = append(ix.policies, *p)
-	default:
-		ix.policies[i] = *p
-	}
-	ix.regrant(func(string) bool { return true })
-}
-
-// SetNamespace records a namespace's labels; nil removes it. Only a change
-// of labels, with policies in force, can change a key's scopes.
-func (ix *Index) SetNamespace(name string, labels map[string]string) {
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	old, had := ix.nsLabels[name]
-	if had == (labels != nil) && maps.Equal(old, labels) {
-		return
-	}
-	if labels == nil {
-		delete(ix.nsLabels, name)
-	} else {
-		ix.nsLabels[name] = labels
-	}
-	if len(ix.policies) > 0 {
-		ix.regrant(func(ns string) bool { return ns == name })
-	}
-}
-
-// RetainPolicies and RetainNamespaces drop what a relist no longer has.
-func (ix *Index) RetainPolicies(keep map[string]bool) {
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	n := len(ix.policies)
-	ix.policies = slices.DeleteFunc(ix.policies, func(p kw.ApiKeyPolicy) bool { return !keep[p.Name] })
-	if len(ix.policies) != n {
-		ix.regrant(func(string) bool { return true })
-	}
-}
-
-// RetainNamespaces drops the labels of namespaces a relist no longer has.
-func (ix *Index) RetainNamespaces(keep map[string]bool) {
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	maps.DeleteFunc(ix.nsLabels, func(name string, _ map[string]string) bool { return !keep[name] })
-	if len(ix.policies) > 0 {
-		ix.regrant(func(ns string) bool { return !keep[ns] })
-	}
-}
-
-// regrant recomputes the granted scopes of the ApiKeys in the namespaces
-// in, and republishes those that changed.
-func (ix *Index) regrant(in func(namespace string) bool) {
-	for full, oi := range ix.names {
-		o := &ix.owners[oi]
-		ns, _, _ := strings.Cut(full, "/")
-		if !o.hasApiKey || !in(ns) {
-			continue
-		}
-		if g := ix.grant(ns, o.own); g != o.granted {
-			old := ix.publishedIDs(o)
-			o.granted = g
-			ix.rebuild(full, oi, old)
-		}
 	}
 }

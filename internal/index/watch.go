@@ -227,7 +227,7 @@ func onApiKey(ix *Index, o any) {
 		ix.SetApiKey(nn, nil) // deleting revokes now, not when the finalizer is done
 		return
 	}
-	a := &ApiKey{Archived: k.Spec.Archived, Scopes: make([]string, len(k.Spec.Scopes))}
+	a := &ApiKey{UID: k.UID, Archived: k.Spec.Archived, Scopes: make([]string, len(k.Spec.Scopes))}
 	for i, s := range k.Spec.Scopes {
 		a.Scopes[i] = string(s)
 	}
@@ -242,7 +242,8 @@ func onRecord(ix *Index, o any) {
 	if !ok {
 		return
 	}
-	rec := &Record{Revoked: r.Spec.Revoked, Keys: make([]Key, 0, len(r.Spec.Keys))}
+	rec := &Record{UID: r.UID, Created: r.CreationTimestamp.Time, Owner: recordOwner(r),
+		Revoked: r.Spec.Revoked, Keys: make([]Key, 0, len(r.Spec.Keys))}
 	for _, k := range r.Spec.Keys {
 		var revokesAt time.Time
 		if k.RevokesAt != nil {
@@ -253,12 +254,27 @@ func onRecord(ix *Index, o any) {
 	ix.SetRecord(types.NamespacedName{Namespace: r.Namespace, Name: r.Name}, rec)
 }
 
-// slimObject drops managed fields, annotations and status: the index reads
-// spec, names, labels and the deletion timestamp.
+// recordOwner is the UID of the ApiKey that controls a record: an ApiKey of
+// the record's own name (the controller writes it so), or none.
+func recordOwner(r *kw.ApiKeyRecord) types.UID {
+	ref := metav1.GetControllerOfNoCopy(r)
+	if ref == nil || ref.Kind != "ApiKey" || ref.Name != r.Name || ref.APIVersion != kw.GroupVersion.String() {
+		return ""
+	}
+	return ref.UID
+}
+
+// slimObject drops managed fields, annotations, status and, but for a
+// record's controller, owner references: the index reads spec, names,
+// UIDs, labels and the deletion timestamp.
 func slimObject(o client.Object) {
 	o.SetManagedFields(nil)
 	o.SetAnnotations(nil)
-	o.SetOwnerReferences(nil)
+	if ref := metav1.GetControllerOfNoCopy(o); ref != nil && len(o.GetOwnerReferences()) > 1 {
+		o.SetOwnerReferences([]metav1.OwnerReference{*ref})
+	} else if ref == nil {
+		o.SetOwnerReferences(nil)
+	}
 	switch o := o.(type) {
 	case *kw.ApiKey:
 		o.Status = kw.ApiKeyStatus{}

@@ -1,7 +1,16 @@
 // Package policy decides which of a key's scopes its namespace may grant
 // under the ApiKeyPolicies: the controller reports it (ScopeNotAllowed) and
 // the auth endpoint enforces it. The ValidatingAdmissionPolicy in
-// config/admission says the same in CEL; the tests hold the two together.
+// config/admission says the same in CEL; a differential test against the
+// real API server holds the two together.
+//
+// Scopes and patterns are segments split on ':'. A '*' segment stands for
+// any one segment; '*' alone is full access, which grants every scope.
+// What a restricted pattern names and what a requested scope grants are
+// both sets of scopes: a scope is restricted by a pattern when the two sets
+// overlap, and the overlap is what an allow rule has to cover. So '*' is
+// restricted by every pattern, 'devices:*' by '*:write' (it grants
+// devices:write), '*:write' by 'billing:*' (it grants billing:write).
 package policy
 
 import (
@@ -13,35 +22,60 @@ import (
 	kw "keyward.dev/keyward/api/v1alpha1"
 )
 
-// Match reports whether pattern names scope: segment by segment (split on
-// ':'), a '*' segment matches any one segment and anything else itself; the
-// pattern '*' alone matches only the full-access scope '*', and that scope
-// only it (restrict '*' to restrict full access). A '*' segment of the
-// scope grants any segment, so it matches too: '*:write' matches
-// 'devices:*', which grants devices:write.
-func Match(pattern, scope string) bool {
-	if pattern == "*" || scope == "*" {
-		return pattern == scope
+// Overlap returns what restricted pattern p names of what scope s grants,
+// as a pattern, and whether there is anything. The pattern '*' names only
+// full access: restricting '*' restricts the scope '*', not every scope.
+func Overlap(p, s string) (string, bool) {
+	switch {
+	case s == "*":
+		return p, true // full access grants whatever p names
+	case p == "*":
+		return "", false
 	}
-	ps, ss := strings.Split(pattern, ":"), strings.Split(scope, ":")
+	ps, ss := strings.Split(p, ":"), strings.Split(s, ":")
 	if len(ps) != len(ss) {
+		return "", false
+	}
+	out := make([]string, len(ss))
+	for i := range ss {
+		switch {
+		case ss[i] == "*":
+			out[i] = ps[i]
+		case ps[i] == "*" || ps[i] == ss[i]:
+			out[i] = ss[i]
+		default:
+			return "", false
+		}
+	}
+	return strings.Join(out, ":"), true
+}
+
+// Restricts reports whether restricted pattern p restricts scope s.
+func Restricts(p, s string) bool {
+	_, ok := Overlap(p, s)
+	return ok
+}
+
+// Covers reports whether allow pattern a names everything pattern o names:
+// '*' (full access) covers everything; otherwise segment by segment, a '*'
+// segment of a covers any segment of o, a literal only itself.
+func Covers(a, o string) bool {
+	if a == "*" {
+		return true
+	}
+	if o == "*" {
 		return false
 	}
-	for i := range ps {
-		if ps[i] != "*" && ss[i] != "*" && ps[i] != ss[i] {
+	as, os := strings.Split(a, ":"), strings.Split(o, ":")
+	if len(as) != len(os) {
+		return false
+	}
+	for i := range as {
+		if as[i] != "*" && as[i] != os[i] {
 			return false
 		}
 	}
 	return true
-}
-
-func matchAny(patterns []kw.Scope, scope string) bool {
-	for _, p := range patterns {
-		if Match(string(p), scope) {
-			return true
-		}
-	}
-	return false
 }
 
 // Denial is a scope that a policy restricts and the namespace may not grant.
@@ -50,8 +84,9 @@ type Denial struct {
 }
 
 // Denied returns the scopes of a key in a namespace with nsLabels that some
-// policy restricts and none of that policy's rules allows there. Each
-// policy is judged on its own, as admission policies are.
+// policy restricts where none of that policy's rules for the namespace
+// covers the restricted part. Each policy is judged on its own, as
+// admission policies are.
 func Denied(policies []kw.ApiKeyPolicy, nsLabels map[string]string, scopes []string) []Denial {
 	var out []Denial
 	for i := range policies {
@@ -63,12 +98,34 @@ func Denied(policies []kw.ApiKeyPolicy, nsLabels map[string]string, scopes []str
 			}
 		}
 		for _, s := range scopes {
-			if matchAny(p.Spec.RestrictedScopes, s) && !matchAny(allowed, s) {
+			if deniedBy(p.Spec.RestrictedScopes, allowed, s) {
 				out = append(out, Denial{Scope: s, Policy: p.Name})
 			}
 		}
 	}
 	return out
+}
+
+// deniedBy reports whether some part of what s grants is restricted and
+// not covered by an allowed pattern.
+func deniedBy(restricted, allowed []kw.Scope, s string) bool {
+	for _, p := range restricted {
+		o, ok := Overlap(string(p), s)
+		if !ok {
+			continue
+		}
+		covered := false
+		for _, a := range allowed {
+			if Covers(string(a), o) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			return true
+		}
+	}
+	return false
 }
 
 // selects reports whether a label selector chooses a namespace; a selector

@@ -34,8 +34,9 @@ func newServer(t testing.TB) (*Server, keys.Key, keys.Key) {
 	add := func(name string, ak index.ApiKey) keys.Key {
 		k, _ := keys.Generate()
 		nn := types.NamespacedName{Namespace: "team-a", Name: name}
+		ak.UID = testUID(nn)
 		ix.SetApiKey(nn, &ak)
-		ix.SetRecord(nn, &index.Record{Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}}})
+		ix.SetRecord(nn, &index.Record{Owner: testUID(nn), Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}}})
 		return k
 	}
 	reader := add("reader", index.ApiKey{Scopes: []string{"occupancy:read", "agents:activate"}})
@@ -430,3 +431,7 @@ func FuzzServeRaw(f *testing.F) {
 		}
 	})
 }
+
+// testUID is the UID of the ApiKey nn and of its record's owner reference:
+// the index serves a record only while the two agree.
+func testUID(nn types.NamespacedName) types.UID { return types.UID("uid-" + nn.String()) }

@@ -17,8 +17,8 @@ func TestSnapshotAndMetrics(t *testing.T) {
 	nn := types.NamespacedName{Namespace: "team-a", Name: "reader"}
 	k, _ := keys.Generate()
 	idle, _ := keys.Generate()
-	ix.SetApiKey(nn, &index.ApiKey{Scopes: []string{"a"}})
-	ix.SetRecord(nn, &index.Record{Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}, {ID: idle.ID, Digest: idle.Digest()}}})
+	ix.SetApiKey(nn, &index.ApiKey{UID: testUID(nn), Scopes: []string{"a"}})
+	ix.SetRecord(nn, &index.Record{Owner: testUID(nn), Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}, {ID: idle.ID, Digest: idle.Digest()}}})
 	used := time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)
 	e, _ := ix.Lookup(k.ID)
 	ix.Count(e.Identity, index.Allowed, used.Add(-time.Minute))
@@ -44,3 +44,7 @@ keyward_apikey_checks_total{decision="insufficient_scope",key_id="` + k.ID + `",
 		t.Fatal(err)
 	}
 }
+
+// testUID is the UID of the ApiKey nn and of its record's owner reference:
+// the index serves a record only while the two agree.
+func testUID(nn types.NamespacedName) types.UID { return types.UID("uid-" + nn.String()) }

@@ -47,8 +47,8 @@ func main() {
 			log.Fatal(err)
 		}
 		nn := types.NamespacedName{Namespace: "bench", Name: fmt.Sprintf("k%06d", i)}
-		ix.SetApiKey(nn, &index.ApiKey{Scopes: []string{"bench:read", "bench:write"}})
-		ix.SetRecord(nn, &index.Record{Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}}})
+		ix.SetApiKey(nn, &index.ApiKey{UID: testUID(nn), Scopes: []string{"bench:read", "bench:write"}})
+		ix.SetRecord(nn, &index.Record{Owner: testUID(nn), Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}}})
 		if i < 10000 {
 			sample = append(sample, k.Token())
 		}
@@ -95,3 +95,7 @@ func main() {
 	}
 	log.Fatal(fast.ListenAndServe(*addr))
 }
+
+// testUID is the UID of the ApiKey nn and of its record's owner reference:
+// the index serves a record only while the two agree.
+func testUID(nn types.NamespacedName) types.UID { return types.UID("uid-" + nn.String()) }

@@ -1,0 +1,199 @@
+package index
+
+// What checks read: shards of slots and records, laid out without
+// pointers (see the package doc), and the two writes a check can see:
+// publish and unpublish one key ID.
+
+import (
+	"sync"
+	"unsafe"
+
+	"keyward.dev/keyward/internal/keys"
+)
+
+// none is the end of a list of uint32 indexes.
+const none = ^uint32(0)
+
+const shardCount = 64
+
+// slot is one published key: what a check compares and judges, and the
+// number of its record. Slots are the values of a shard's map: one probe
+// finds all of it.
+type slot struct {
+	sum                  keys.Sum
+	expiresAt, revokesAt int64
+	rec                  uint32
+	archived             bool
+}
+
+// record is what a check hands on about a key (its ID, its ApiKey's name,
+// its scopes) and the key's counters. It holds no pointer: the name is a
+// span of the shard's byte chunks and the scopes a number in the shard's
+// table of sets. Records are changed only under the shard's write lock and
+// counted only under its read lock, so compaction can move them, counters
+// and all, without losing a count.
+type record struct {
+	id     idKey
+	name   span
+	set    uint32
+	serial uint32
+	usage  Usage
+}
+
+// span is a string in a shard's byte chunks.
+type span struct{ chunk, off, n uint32 }
+
+const (
+	recChunk  = 256      // records per chunk
+	byteChunk = 16 << 10 // bytes per chunk of names
+)
+
+type shard struct {
+	mu sync.RWMutex
+	// m maps a key ID's 16 bytes to its slot: keys and values without
+	// pointers, which the collector never scans.
+	m map[idKey]slot
+	// recs are the records, in chunks that never move, numbered in order.
+	// Records no slot names any more are dead until a compaction drops
+	// them. Every chunk is free of pointers: the collector marks it and
+	// moves on, however many keys it holds.
+	recs []*[recChunk]record
+	nrec uint32
+	dead int
+	// bytes hold the records' names.
+	bytes chunks
+	// sets are the scope sets the shard's records name, by shard-local
+	// number; setNo maps the index's set numbers to them.
+	sets   []*scopeSet
+	setNo  map[uint32]uint32
+	serial uint32
+}
+
+func (s *shard) record(n uint32) *record { return &s.recs[n/recChunk][n%recChunk] }
+
+// alloc appends an empty record and returns its number.
+func (s *shard) alloc() (uint32, *record) {
+	if s.nrec == uint32(len(s.recs))*recChunk {
+		s.recs = append(s.recs, new([recChunk]record))
+	}
+	n := s.nrec
+	s.nrec++
+	return n, s.record(n)
+}
+
+// newRecord appends the record of a newly published key.
+func (s *shard) newRecord(id idKey, name string, set uint32) uint32 {
+	n, r := s.alloc()
+	s.serial++
+	r.id, r.name, r.set, r.serial = id, s.bytes.put(name), set, s.serial
+	return n
+}
+
+// chunks hold strings in large byte chunks whose written bytes never
+// change: one object for the collector instead of one per string, and a
+// string viewing them stays valid for as long as anyone holds it.
+type chunks struct{ b [][]byte }
+
+// put copies v into the chunks.
+func (c *chunks) put(v string) span {
+	last := len(c.b) - 1
+	if last < 0 || cap(c.b[last])-len(c.b[last]) < len(v) {
+		c.b = append(c.b, make([]byte, 0, max(byteChunk, len(v))))
+		last++
+	}
+	off := len(c.b[last])
+	c.b[last] = append(c.b[last], v...)
+	return span{chunk: uint32(last), off: uint32(off), n: uint32(len(v))}
+}
+
+// view is the string a span names, without a copy.
+func (c *chunks) view(sp span) string {
+	if sp.n == 0 {
+		return ""
+	}
+	return unsafe.String(&c.b[sp.chunk][sp.off], sp.n)
+}
+
+// str copies v into the chunks and returns the copy.
+func (c *chunks) str(v string) string { return c.view(c.put(v)) }
+
+// localSet returns the shard's number for one of the index's scope sets.
+func (s *shard) localSet(global uint32, set *scopeSet) uint32 {
+	if n, ok := s.setNo[global]; ok {
+		return n
+	}
+	n := uint32(len(s.sets))
+	s.sets = append(s.sets, set)
+	s.setNo[global] = n
+	return n
+}
+
+// identity is what a check hands on about the record rec; the caller holds
+// the shard's lock.
+func (s *shard) identity(n uint32, shardNo uint8) Identity {
+	r := s.record(n)
+	return Identity{id: unsafe.String(&r.id[0], len(r.id)), key: s.bytes.view(r.name), set: s.sets[r.set],
+		rec: n, serial: r.serial, shard: shardNo}
+}
+
+// compact copies the live records, their counters and names into fresh
+// chunks once most are dead (keys removed or taken over). Checks that hold
+// an identity keep the old name and record chunks alive until they are
+// done.
+func (s *shard) compact() {
+	if s.dead < recChunk || s.dead < len(s.m) {
+		return
+	}
+	old, oldBytes := s.recs, s.bytes
+	s.recs, s.nrec, s.bytes, s.dead = nil, 0, chunks{}, 0
+	for k, sl := range s.m {
+		from := &old[sl.rec/recChunk][sl.rec%recChunk]
+		n, to := s.alloc()
+		to.id, to.name, to.set, to.serial = from.id, s.bytes.put(oldBytes.view(from.name)), from.set, from.serial
+		to.usage.copyFrom(&from.usage) // no check counts meanwhile: this shard is write-locked
+		sl.rec = n
+		s.m[k] = sl
+	}
+}
+
+// publish makes fresh the slot of key ID k for the ApiKey full; the
+// ownership rule (ownership.go) has chosen full as the key's owner. The
+// same key of the same ApiKey keeps its record, and so its counts; a new
+// owner starts a new record.
+func (ix *Index) publish(k *rkey, full string, setID uint32, fresh slot) {
+	s := ix.shard(&k.id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ix.writes.Add(1)
+	set := s.localSet(setID, ix.sets[setID])
+	prev, dup := s.m[k.id]
+	switch {
+	case dup && s.bytes.view(s.record(prev.rec).name) == full:
+		fresh.rec = prev.rec
+		s.record(prev.rec).set = set
+	default:
+		if dup {
+			s.dead++ // the owner changed: the previous owner's record is dead
+		} else {
+			ix.size.Add(1)
+		}
+		fresh.rec = s.newRecord(k.id, full, set)
+	}
+	s.m[k.id] = fresh
+	s.compact()
+}
+
+// unpublish removes the slot of a key ID that no ApiKey owns any more.
+func (ix *Index) unpublish(id *idKey) {
+	s := ix.shard(id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.m[*id]; !ok {
+		return
+	}
+	ix.writes.Add(1)
+	delete(s.m, *id)
+	s.dead++
+	ix.size.Add(-1)
+	s.compact()
+}
