@@ -206,6 +206,9 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err != nil {
 		return err
 	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &kw.ApiKeyRecord{}, keyIDIndex, recordKeyIDs); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&kw.ApiKey{}, builder.WithPredicates(notUsageOnly)).
 		Owns(&kw.ApiKeyRecord{}).
@@ -375,7 +378,7 @@ func (r *ApiKeyReconciler) announce(key, before *kw.ApiKey, v *verdict) {
 	switch v.reason {
 	case kw.ReasonExpired:
 		r.Recorder.Eventf(key, nil, corev1.EventTypeNormal, v.reason, "Expire", "key %s expired", key.Status.KeyID)
-	case kw.ReasonSecretConflict, kw.ReasonSecretMissing:
+	case kw.ReasonSecretConflict, kw.ReasonSecretMissing, kw.ReasonKeyIdConflict:
 		r.Recorder.Eventf(key, nil, corev1.EventTypeWarning, v.reason, "Deliver", "%s", v.message)
 	}
 }

@@ -57,6 +57,15 @@ func (r *ApiKeyReconciler) rotate(ctx context.Context, key *kw.ApiKey, rec *kw.A
 	case err != nil:
 		return nil, fmt.Errorf("read Secret %s/%s: %w", key.Namespace, key.EffectiveSecretName(), err)
 	case rotationInFlight(key, rec, live) && r.foreign(key, nil, live) == "":
+		// The Secret says a rotation was written but not recorded. Its
+		// content is user-writable: a key ID another ApiKey holds is
+		// never recorded from it.
+		if holder, err := r.keyIDHolder(ctx, key, rec, live.Annotations[kw.AnnotationKeyID]); err != nil || holder != nil {
+			if err == nil {
+				r.keyIDConflict(key, live.Annotations[kw.AnnotationKeyID], holder, v)
+			}
+			return rec, err
+		}
 		return r.recordRotation(ctx, key, rec, live, v)
 	case r.foreign(key, rec, live) != "":
 		return nil, fmt.Errorf("Secret %s/%s changed under the rotation; trying again", live.Namespace, live.Name)

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
 	"strconv"
 
@@ -62,6 +63,19 @@ func (r *ApiKeyReconciler) loadSecret(ctx context.Context, key *kw.ApiKey, rec *
 			"Delete or rename that Secret, or create a new ApiKey with another spec.secretName", name.Name, why)
 		return nil, nil
 	}
+	if rec == nil {
+		// No record: this Secret may be the only trace of a key (a restore,
+		// a crash between two writes), and what it holds will be recorded.
+		// Labels prove nothing: a key ID another ApiKey holds is never
+		// taken, and nothing is written, not even an owner reference.
+		if holder, err := r.keyIDHolder(ctx, key, nil, sec.Annotations[kw.AnnotationKeyID]); err != nil || holder != nil {
+			if err == nil {
+				v.conflict = true
+				r.keyIDConflict(key, sec.Annotations[kw.AnnotationKeyID], holder, v)
+			}
+			return nil, err
+		}
+	}
 	if err := r.adopt(ctx, key, sec); err != nil {
 		return nil, fmt.Errorf("adopt Secret %s: %w", name, err)
 	}
@@ -69,9 +83,10 @@ func (r *ApiKeyReconciler) loadSecret(ctx context.Context, key *kw.ApiKey, rec *
 }
 
 // foreign says why a Secret is not the ApiKey's, or "" when it is: keyward
-// wrote it for this ApiKey (its labels say so), no one else controls it, and
-// it holds a key of this ApiKey's record (checked when there is a record:
-// after a restore the labels alone are not enough).
+// wrote it for this ApiKey (its labels say so), no one else controls it, and,
+// when there is a record, its token is one of the record's keys, key ID and
+// digest both: the record is the truth, labels and annotations are
+// user-writable and prove nothing.
 func (r *ApiKeyReconciler) foreign(key *kw.ApiKey, rec *kw.ApiKeyRecord, sec *corev1.Secret) string {
 	if sec.Labels[kw.LabelManagedBy] != kw.ManagedByValue {
 		return "was not created by keyward"
@@ -86,13 +101,17 @@ func (r *ApiKeyReconciler) foreign(key *kw.ApiKey, rec *kw.ApiKeyRecord, sec *co
 	if rec == nil || rotationInFlight(key, rec, sec) {
 		return ""
 	}
-	id := sec.Annotations[kw.AnnotationKeyID]
+	id, secret, err := keys.Parse(string(sec.Data[kw.SecretKeyToken]))
+	if err != nil || id != sec.Annotations[kw.AnnotationKeyID] {
+		return "holds no valid token for its key-id annotation"
+	}
+	digest := keys.Digest(secret)
 	for _, k := range rec.Spec.Keys {
-		if k.KeyID == id {
+		if k.KeyID == id && subtle.ConstantTimeCompare([]byte(k.Digest), []byte(digest)) == 1 {
 			return ""
 		}
 	}
-	return fmt.Sprintf("holds key %q, which is not one of this ApiKey's keys", id)
+	return fmt.Sprintf("holds a key (%s) that is not one of this ApiKey's keys", id)
 }
 
 // ownsSecret reports whether keyward may delete the Secret for this ApiKey.
@@ -134,7 +153,13 @@ func (r *ApiKeyReconciler) ensureRecord(ctx context.Context, key *kw.ApiKey, rec
 	switch {
 	case rec != nil:
 		v.record = rec
+		holder, id, err := r.olderHolder(ctx, key, rec)
+		if err != nil {
+			return nil, err
+		}
 		switch {
+		case holder != nil:
+			r.keyIDConflict(key, id, holder, v)
 		case v.conflict:
 			v.state = kw.StateActive
 		case sec == nil:
@@ -220,6 +245,13 @@ func (r *ApiKeyReconciler) recordFromSecret(ctx context.Context, key *kw.ApiKey,
 		v.set(kw.StateFailed, kw.ReasonSecretConflict, "Secret %s is labelled as keyward's but holds no valid token "+
 			"for its key-id annotation; delete it and keyward issues a new key", sec.Name)
 		return nil, nil
+	}
+	if holder, err := r.keyIDHolder(ctx, key, nil, id); err != nil || holder != nil {
+		if err == nil {
+			v.conflict = true
+			r.keyIDConflict(key, id, holder, v)
+		}
+		return nil, err
 	}
 	rec, err := r.createRecord(ctx, key, kw.RecordedKey{KeyID: id, Digest: keys.Digest(secret), IssuedAt: sec.CreationTimestamp, Generation: secretGeneration(sec)})
 	if err != nil {

@@ -16,6 +16,11 @@ const (
 	// ReasonScopeNotAllowed: the key holds a scope an ApiKeyPolicy restricts
 	// and its namespace may not grant; the endpoint refuses that scope.
 	ReasonScopeNotAllowed = "ScopeNotAllowed"
+	// ReasonKeyIdConflict: a key ID this ApiKey would record, or has
+	// recorded, belongs to another ApiKey whose record is older. A key ID
+	// belongs to one ApiKey, cluster-wide, for ever: the endpoint serves it
+	// for that other ApiKey only, and nothing of this one's is recorded.
+	ReasonKeyIdConflict = "KeyIdConflict"
 	// ReasonRotated is the Event of a rotation.
 	ReasonRotated = "Rotated"
 )

@@ -8,12 +8,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -100,11 +98,28 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 	}
 	say("API server at %s, kubeconfig in %s", admin.Config().Host, kubeconfig)
 
-	stopKCM, err := startKCM(o, kubeconfig)
+	stopKCM, err := StartKCM(o.Assets, o.Dir, kubeconfig, o.Out)
 	if err != nil {
 		return err
 	}
 	defer stopKCM()
+
+	// The controller and the endpoint run under their own ServiceAccounts,
+	// bound to the roles config/rbac ships, as in a cluster: the admission
+	// policies (only keyward writes records) hold locally too.
+	if err := InstallRBAC(ctx, admin.Config(), o.Config); err != nil {
+		return err
+	}
+	controllerCfg, err := ServiceAccountConfig(ctx, admin.Config(), ControllerServiceAccount)
+	if err != nil {
+		return err
+	}
+	authnCfg, err := ServiceAccountConfig(ctx, admin.Config(), AuthnServiceAccount)
+	if err != nil {
+		return err
+	}
+	say("controller and auth endpoint run as ServiceAccounts %s/%s and %s/%s", Namespace, ControllerServiceAccount,
+		Namespace, AuthnServiceAccount)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -113,7 +128,7 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 	replica := ReplicaName()
 	done := make(chan error, 2)
 	go func() {
-		done <- RunController(ctx, admin.Config(), ControllerOptions{
+		done <- RunController(ctx, controllerCfg, ControllerOptions{
 			EndpointURL: "http://" + DevAuthAddr,
 			MetricsAddr: DevMetricsAddr, HealthAddr: DevHealthAddr,
 			// The in-process endpoint's usage report is served beside the
@@ -130,7 +145,7 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 		})
 	}()
 	go func() {
-		done <- RunAuthn(ctx, admin.Config(), AuthnOptions{
+		done <- RunAuthn(ctx, authnCfg, AuthnOptions{
 			HTTPAddr: DevAuthAddr, GRPCAddr: DevGRPCAddr,
 			AllowQueryKeys: true, StripCredentials: true,
 			Logger: log.WithName("authn"), Index: ix, Replica: replica, PerKeyMetrics: true,
@@ -138,9 +153,10 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 	}()
 	say("keyward controller and auth endpoint running (log: %s)", logFile.Name())
 
-	// Restricted scopes as config/default ships them: the admission policy
-	// and the default ApiKeyPolicy (write access off unless a namespace is
-	// labelled keyward.dev/write-access: "true").
+	// The admission policies as config/default ships them (restricted
+	// scopes, only keyward writes records, consent labels), and the default
+	// ApiKeyPolicy (write access off unless a namespace is labelled
+	// keyward.dev/write-access: "true").
 	for _, dir := range []string{"admission", "policy"} {
 		if _, err := manifests.ApplyDir(ctx, admin.Config(), filepath.Join(o.Config, dir)); err != nil {
 			return fmt.Errorf("install %s: %w", dir, err)
@@ -222,44 +238,3 @@ func free(addr string) error {
 	return l.Close()
 }
 
-// startKCM runs kube-controller-manager's garbage collector and namespace
-// controller, so the local system deletes owned objects and namespaces the
-// way a cluster does.
-func startKCM(o DevOptions, kubeconfig string) (func(), error) {
-	bin := filepath.Join(o.Assets, "kube-controller-manager")
-	if _, err := os.Stat(bin); err != nil {
-		return nil, fmt.Errorf("no kube-controller-manager in %s: run 'make controlplane'", o.Assets)
-	}
-	logPath := filepath.Join(o.Dir, "kube-controller-manager.log")
-	out, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin,
-		"--kubeconfig="+kubeconfig,
-		"--authentication-kubeconfig="+kubeconfig,
-		"--authorization-kubeconfig="+kubeconfig,
-		"--controllers=garbagecollector,namespace",
-		"--leader-elect=false",
-		"--bind-address=127.0.0.1",
-		"--secure-port=0",
-	)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		out.Close()
-		return nil, fmt.Errorf("start kube-controller-manager: %w", err)
-	}
-	fmt.Fprintf(o.Out, ">> kube-controller-manager running (garbage collector, namespaces; log: %s)\n", logPath)
-	return func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		exited := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(exited) }()
-		select {
-		case <-exited:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		out.Close()
-	}, nil
-}

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
 
@@ -72,16 +73,31 @@ func (ix *Index) unclaim(id idKey, oi uint32) {
 	}
 }
 
-// owns reports whether claimant a comes before claimant b.
+// before reports whether claimant a comes before claimant b.
 func (ix *Index) before(a, b uint32) bool {
 	oa, ob := &ix.owners[a], &ix.owners[b]
-	if oa.recordCreated != ob.recordCreated {
-		return oa.recordCreated < ob.recordCreated
+	return claimBefore(oa.recordCreated, oa.recordUID, ix.nameBytes.view(oa.name),
+		ob.recordCreated, ob.recordUID, ix.nameBytes.view(ob.name))
+}
+
+// claimBefore is the ownership order: the record created first, then the
+// lower record UID, then the name.
+func claimBefore(aCreated int64, aUID uid, aName string, bCreated int64, bUID uid, bName string) bool {
+	if aCreated != bCreated {
+		return aCreated < bCreated
 	}
-	if c := bytes.Compare(oa.recordUID[:], ob.recordUID[:]); c != 0 {
+	if c := bytes.Compare(aUID[:], bUID[:]); c != 0 {
 		return c < 0
 	}
-	return ix.nameBytes.view(oa.name) < ix.nameBytes.view(ob.name)
+	return aName < bName
+}
+
+// RecordBefore reports whether record a comes before record b in the
+// ownership order every replica applies; the controller uses it to tell
+// which of two ApiKeys claiming a key ID keeps it.
+func RecordBefore(a, b metav1.Object) bool {
+	return claimBefore(unixNano(a.GetCreationTimestamp().Time), uidOf(a.GetUID()), a.GetNamespace()+"/"+a.GetName(),
+		unixNano(b.GetCreationTimestamp().Time), uidOf(b.GetUID()), b.GetNamespace()+"/"+b.GetName())
 }
 
 // ownerOf returns the owner of key ID id among its claimants.

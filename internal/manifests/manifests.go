@@ -34,6 +34,13 @@ func scheme() *runtime.Scheme {
 // (but kustomization.yaml), in file name order, as `kubectl apply
 // --server-side` would, and returns how many objects it applied.
 func ApplyDir(ctx context.Context, cfg *rest.Config, dir string) (int, error) {
+	return ApplyDirIn(ctx, cfg, dir, "")
+}
+
+// ApplyDirIn is ApplyDir with the placeholder namespace "system" of
+// config/rbac and config/manager replaced by namespace, in objects and in
+// the subjects of bindings, as config/default's kustomization does.
+func ApplyDirIn(ctx context.Context, cfg *rest.Config, dir, namespace string) (int, error) {
 	c, err := client.New(cfg, client.Options{Scheme: scheme()})
 	if err != nil {
 		return 0, err
@@ -63,6 +70,9 @@ func ApplyDir(ctx context.Context, cfg *rest.Config, dir string) (int, error) {
 			if len(u.Object) == 0 {
 				continue
 			}
+			if namespace != "" {
+				inNamespace(u, namespace)
+			}
 			if err := applyWithRetry(ctx, c, u); err != nil {
 				return n, fmt.Errorf("%s: %s %s: %w", f, u.GetKind(), u.GetName(), err)
 			}
@@ -84,5 +94,22 @@ func applyWithRetry(ctx context.Context, c client.Client, u *unstructured.Unstru
 			return err
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// inNamespace moves an object, and the subjects it binds, from the
+// placeholder namespace "system" to namespace.
+func inNamespace(u *unstructured.Unstructured, namespace string) {
+	if u.GetNamespace() == "system" {
+		u.SetNamespace(namespace)
+	}
+	subjects, _, _ := unstructured.NestedSlice(u.Object, "subjects")
+	for _, s := range subjects {
+		if m, ok := s.(map[string]any); ok && m["namespace"] == "system" {
+			m["namespace"] = namespace
+		}
+	}
+	if subjects != nil {
+		_ = unstructured.SetNestedSlice(u.Object, subjects, "subjects")
 	}
 }
