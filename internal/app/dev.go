@@ -237,4 +237,3 @@ func free(addr string) error {
 	}
 	return l.Close()
 }
-

@@ -73,9 +73,9 @@ func TestWildcardsDoNotSlipPastNarrowPolicies(t *testing.T) {
 		denied bool
 	}{
 		{nil, "billing:read", true},
-		{nil, "*", true},       // full access grants billing:*
-		{nil, "*:read", true},  // grants billing:read
-		{nil, "*:*", true},     // grants every two-segment scope
+		{nil, "*", true},      // full access grants billing:*
+		{nil, "*:read", true}, // grants billing:read
+		{nil, "*:*", true},    // grants every two-segment scope
 		{nil, "devices:read", false},
 		{map[string]string{"tier": "gold"}, "billing:read", false},
 		{map[string]string{"tier": "gold"}, "*:read", false}, // its billing part is billing:read, allowed
