@@ -26,8 +26,11 @@ func recordKeyIDs(o client.Object) []string {
 }
 
 // keyIDHolder returns the record of another ApiKey that holds key ID id,
-// or nil. With own set, only a holder whose record comes before own (the
-// endpoint's ownership rule: created first, then the lower UID) counts.
+// or nil. Before recording a key ID, pass own nil: any holder refuses it
+// (own's record may be older than the holder's, but its claim would be
+// new). With own set, only a holder whose record comes before own (the
+// endpoint's ownership rule: created first, then the lower UID) counts:
+// that is who the endpoint serves when two records already claim an ID.
 func (r *ApiKeyReconciler) keyIDHolder(ctx context.Context, key *kw.ApiKey, own *kw.ApiKeyRecord, id string) (*kw.ApiKeyRecord, error) {
 	if id == "" {
 		return nil, nil
