@@ -83,6 +83,17 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 	if o.Replica == "" {
 		o.Replica = ReplicaName()
 	}
+	// Key IDs that more than one ApiKey's record claims: each is served
+	// to its first claimant only (internal/index, ownership.go); anything
+	// but 0 is a restore under another name or a takeover attempt, and the
+	// controller reports KeyIdConflict on the other ApiKey.
+	contested := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keyward_authn_contested_key_ids",
+		Help: "Key IDs claimed by more than one ApiKey's record; each is served to its first claimant only.",
+	}, func() float64 { return float64(ix.Contested()) })
+	if err := ctrlmetrics.Registry.Register(contested); err != nil && !errors.As(err, &prometheus.AlreadyRegisteredError{}) {
+		return err
+	}
 	if o.PerKeyMetrics {
 		// One per process: dev mode and tests may run several endpoints.
 		err := ctrlmetrics.Registry.Register(usage.NewMetrics(ix))
