@@ -87,8 +87,10 @@ func TestRestrictedScopesAtAdmission(t *testing.T) {
 		scopes  []kw.Scope
 		message string // "" for accepted
 	}{
-		{"full access, plain namespace", plain, []kw.Scope{"*"}, "scope * is restricted by ApiKeyPolicy default and namespace plain may not grant it; a cluster administrator can allow it with: kubectl label namespace plain keyward.dev/write-access=true"},
-		{"a write scope, plain namespace", plain, []kw.Scope{"occupancy:read", "devices:write"}, "scope devices:write is restricted by ApiKeyPolicy default"},
+		// Both policies refuse full access here; which one the API server
+		// names first is its choice.
+		{"full access, plain namespace", plain, []kw.Scope{"*"}, "scope * is restricted by ApiKeyPolicy "},
+		{"a write scope, plain namespace", plain, []kw.Scope{"occupancy:read", "devices:write"}, "scope devices:write is restricted by ApiKeyPolicy default and namespace plain may not grant it; a cluster administrator can allow it with: kubectl label namespace plain keyward.dev/write-access=true"},
 		{"a wildcard that grants write", plain, []kw.Scope{"devices:*"}, "scope devices:* is restricted by ApiKeyPolicy default"},
 		{"read scopes, plain namespace", plain, []kw.Scope{"occupancy:read", "agents:activate"}, ""},
 		{"write access where allowed", writer, []kw.Scope{"devices:*", "devices:write"}, ""},

@@ -198,8 +198,10 @@ func TestDevTourWithKubectl(t *testing.T) {
 	})
 
 	t.Run("config/default passes the API server's dry run", func(t *testing.T) {
-		// A dry run cannot put objects into a namespace it only pretends to create.
-		s.mustKubectl(t, "create", "namespace", "keyward-system")
+		// keyward dev created keyward-system for its ServiceAccounts, as
+		// config/default would (a dry run cannot put objects into a
+		// namespace it only pretends to create).
+		s.mustKubectl(t, "get", "namespace", "keyward-system")
 		out := s.mustKubectl(t, "apply", "--dry-run=server", "-k", filepath.Join(root, "config", "default"))
 		for _, want := range []string{"deployment.apps/keyward-controller", "deployment.apps/keyward-authn",
 			"clusterrole.rbac.authorization.k8s.io/keyward-authn", "service/keyward-authn"} {
