@@ -60,10 +60,7 @@ func (r *ApiKeyReconciler) rotate(ctx context.Context, key *kw.ApiKey, rec *kw.A
 		// The Secret says a rotation was written but not recorded. Its
 		// content is user-writable: a key ID another ApiKey holds is
 		// never recorded from it.
-		if holder, err := r.keyIDHolder(ctx, key, nil, live.Annotations[kw.AnnotationKeyID]); err != nil || holder != nil {
-			if err == nil {
-				r.keyIDConflict(key, live.Annotations[kw.AnnotationKeyID], holder, v)
-			}
+		if held, err := r.heldElsewhere(ctx, key, live, v); held || err != nil {
 			return rec, err
 		}
 		return r.recordRotation(ctx, key, rec, live, v)

@@ -65,14 +65,12 @@ func (r *ApiKeyReconciler) loadSecret(ctx context.Context, key *kw.ApiKey, rec *
 	}
 	if rec == nil {
 		// No record: this Secret may be the only trace of a key (a restore,
-		// a crash between two writes), and what it holds will be recorded.
-		// Labels prove nothing: a key ID another ApiKey holds is never
-		// taken, and nothing is written, not even an owner reference.
-		if holder, err := r.keyIDHolder(ctx, key, nil, sec.Annotations[kw.AnnotationKeyID]); err != nil || holder != nil {
-			if err == nil {
-				v.conflict = true
-				r.keyIDConflict(key, sec.Annotations[kw.AnnotationKeyID], holder, v)
-			}
+		// a crash between two writes), and recordFromSecret will record
+		// what it holds, only when its token's key ID is the one annotated
+		// here. Labels prove nothing: a key ID another ApiKey holds is
+		// never taken, and nothing is written, not even an owner
+		// reference.
+		if held, err := r.heldElsewhere(ctx, key, sec, v); held || err != nil {
 			return nil, err
 		}
 	}
@@ -159,7 +157,7 @@ func (r *ApiKeyReconciler) ensureRecord(ctx context.Context, key *kw.ApiKey, rec
 		}
 		switch {
 		case holder != nil:
-			r.keyIDConflict(key, id, holder, v)
+			r.keyIDConflict(key, id, holder, v, "Delete this ApiKey and create a new one to get a key of its own")
 		case v.conflict:
 			v.state = kw.StateActive
 		case sec == nil:
@@ -245,13 +243,6 @@ func (r *ApiKeyReconciler) recordFromSecret(ctx context.Context, key *kw.ApiKey,
 		v.set(kw.StateFailed, kw.ReasonSecretConflict, "Secret %s is labelled as keyward's but holds no valid token "+
 			"for its key-id annotation; delete it and keyward issues a new key", sec.Name)
 		return nil, nil
-	}
-	if holder, err := r.keyIDHolder(ctx, key, nil, id); err != nil || holder != nil {
-		if err == nil {
-			v.conflict = true
-			r.keyIDConflict(key, id, holder, v)
-		}
-		return nil, err
 	}
 	rec, err := r.createRecord(ctx, key, kw.RecordedKey{KeyID: id, Digest: keys.Digest(secret), IssuedAt: sec.CreationTimestamp, Generation: secretGeneration(sec)})
 	if err != nil {

@@ -114,9 +114,6 @@ func (c *chunks) view(sp span) string {
 	return unsafe.String(&c.b[sp.chunk][sp.off], sp.n)
 }
 
-// str copies v into the chunks and returns the copy.
-func (c *chunks) str(v string) string { return c.view(c.put(v)) }
-
 // localSet returns the shard's number for one of the index's scope sets.
 func (s *shard) localSet(global uint32, set *scopeSet) uint32 {
 	if n, ok := s.setNo[global]; ok {

@@ -484,6 +484,26 @@ func TestTenantsCannotTakeOverForgeOrUnlockKeys(t *testing.T) {
 			t.Fatalf("another namespace's editor read the ApiKey: %v", err)
 		}
 	})
+	t.Run("5 the garbage collector and the namespace controller still delete records", func(t *testing.T) {
+		// The allow-list of keyward-records-writers names them: a wrong
+		// name would leave records behind deleted ApiKeys and keep
+		// namespaces from ever finishing their deletion.
+		issue(t, mallory, "evil", "collected")
+		for name, user := range map[string]string{
+			"collected": "system:serviceaccount:kube-system:generic-garbage-collector",
+			"rotator":   "system:serviceaccount:kube-system:namespace-controller",
+		} {
+			c := as(t, user, "system:serviceaccounts", "system:serviceaccounts:kube-system")
+			must(t, c.Delete(ctx, &kw.ApiKeyRecord{ObjectMeta: metav1.ObjectMeta{Namespace: "evil", Name: name}}))
+		}
+		must(t, admin.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "evil"}}))
+		eventually(t, 60*time.Second, "namespace evil to be deleted", func() (bool, string) {
+			n := &corev1.Namespace{}
+			err := admin.Get(ctx, client.ObjectKey{Name: "evil"}, n)
+			return apierrors.IsNotFound(err), fmt.Sprint(err, n.Status.Conditions)
+		})
+		v.holds(t, "after the attacker's namespace is gone")
+	})
 	if n := ix.Contested(); n != 0 {
 		t.Errorf("%d key IDs are contested in the endpoint's index", n)
 	}
