@@ -14,10 +14,8 @@ import (
 	"sync"
 	"time"
 
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"google.golang.org/grpc"
 	"k8s.io/client-go/rest"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
@@ -177,8 +175,7 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", o.GRPCAddr, err)
 	}
-	gs := grpc.NewServer()
-	authv3.RegisterAuthorizationServer(gs, &serve.Authorization{S: s})
+	gs := s.GRPCServer()
 	go func() {
 		if err := gs.Serve(gl); err != nil {
 			errs <- err

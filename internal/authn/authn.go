@@ -4,6 +4,7 @@
 package authn
 
 import (
+	"fmt"
 	"net/http"
 	"time"
 
@@ -23,12 +24,16 @@ const (
 	ReasonAmbiguousCredentials = "ambiguous_credentials"
 	ReasonNotReady             = "not_ready"
 	ReasonMalformedRequest     = "malformed_request"
+	ReasonTooManyScopes        = "too_many_scopes"
+	// ReasonInternalError answers a check whose handler failed (a bug);
+	// the process keeps serving.
+	ReasonInternalError = "internal_error"
 )
 
 // Verdict is the answer to one check.
 type Verdict struct {
 	Allowed bool
-	// Code is the HTTP status: 200, 401, 403 or 503.
+	// Code is the HTTP status: 200, 400, 401, 403 or 503.
 	Code    int
 	Reason  string
 	Message string
@@ -47,6 +52,8 @@ var (
 		Message: "the API key is not valid"}
 	archived = Verdict{Code: http.StatusUnauthorized, Reason: ReasonArchived,
 		Message: "the API key was archived and no longer works"}
+	tooManyScopes = Verdict{Code: http.StatusBadRequest, Reason: ReasonTooManyScopes,
+		Message: fmt.Sprintf("the request requires more than %d scopes; a route may require at most %d", MaxRequiredScopes, MaxRequiredScopes)}
 	expired = Verdict{Code: http.StatusUnauthorized, Reason: ReasonExpired,
 		Message: "the API key has expired"}
 )
@@ -69,6 +76,9 @@ type Decider struct {
 func (d *Decider) Decide(c Credentials, required Scopes, now time.Time) Verdict {
 	if !d.Index.Synced() {
 		return notReady
+	}
+	if required.tooMany() {
+		return tooManyScopes
 	}
 	if c.Reason != "" {
 		return Verdict{Code: http.StatusUnauthorized, Reason: c.Reason, Message: c.Message, QueryKey: c.Query}

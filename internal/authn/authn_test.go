@@ -2,6 +2,7 @@ package authn
 
 import (
 	"encoding/base64"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -68,7 +69,7 @@ func TestEveryCredentialFormIsRead(t *testing.T) {
 		"encoded name":         {h: hdr(), query: "%5Fapi_auth=" + tok, q: true},
 		"same key twice":       {h: hdr("x-api-key", tok, "Authorization", basic)},
 	} {
-		c := Extract(tc.h, tc.query, true)
+		c := Extract(HTTPHeader(tc.h), tc.query, true)
 		if c.Reason != "" || c.ID != k.ID || c.Secret != k.Secret || c.Query != tc.q {
 			t.Errorf("%s: got %+v", name, Credentials{ID: c.ID, Reason: c.Reason, Message: c.Message, Query: c.Query})
 		}
@@ -94,8 +95,14 @@ func TestBadCredentialsAreRefusedWithTheirReason(t *testing.T) {
 		"two keys":            {hdr("x-api-key", a.Token(), "x-auth-key", b.Token()), "", true, ReasonAmbiguousCredentials},
 		"header and query":    {hdr("x-api-key", a.Token()), "_auth_key=" + b.Token(), true, ReasonAmbiguousCredentials},
 		"key and junk":        {hdr("x-api-key", a.Token(), "Authorization", "Bearer junk"), "", true, ReasonAmbiguousCredentials},
+		// A repeated header is two credentials, even with the same value:
+		// a gateway or proxy in between may read the other one.
+		"x-api-key twice":           {hdr("x-api-key", a.Token(), "x-api-key", b.Token()), "", true, ReasonAmbiguousCredentials},
+		"same x-api-key twice":      {hdr("x-api-key", a.Token(), "X-Api-Key", a.Token()), "", true, ReasonAmbiguousCredentials},
+		"authorization twice":       {hdr("Authorization", "Bearer "+a.Token(), "Authorization", "Bearer "+b.Token()), "", true, ReasonAmbiguousCredentials},
+		"x-api-auth and empty twin": {hdr("x-api-auth", a.Token(), "x-api-auth", ""), "", true, ReasonAmbiguousCredentials},
 	} {
-		c := Extract(tc.h, tc.query, tc.allowQ)
+		c := Extract(HTTPHeader(tc.h), tc.query, tc.allowQ)
 		if c.Reason != tc.reason || c.Message == "" {
 			t.Errorf("%s: reason %q (%s), want %q", name, c.Reason, c.Message, tc.reason)
 		}
@@ -147,6 +154,39 @@ func TestDecide(t *testing.T) {
 	}
 }
 
+// A check names at most MaxRequiredScopes scopes: each one is matched
+// against every scope of the key, and thousands of them made one check cost
+// milliseconds.
+func TestTooManyRequiredScopes(t *testing.T) {
+	f := newFixture(t)
+	k := f.add(t, "reader", index.ApiKey{Scopes: []string{"s:*"}})
+	list := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, "s:%d, ", i)
+		}
+		return b.String()
+	}
+	cred := Credentials{ID: k.ID, Secret: k.Secret}
+	if v := f.d.Decide(cred, Scopes{list(MaxRequiredScopes)}, f.now); !v.Allowed {
+		t.Fatalf("%d scopes: %s", MaxRequiredScopes, v.Reason)
+	}
+	for name, req := range map[string]Scopes{
+		"one list":       {list(MaxRequiredScopes + 1)},
+		"several lists":  {list(20), list(20)},
+		"many tiny ones": {strings.Repeat("a ", 4000)},
+	} {
+		v := f.d.Decide(cred, req, f.now)
+		if v.Code != 400 || v.Reason != ReasonTooManyScopes || v.Message == "" {
+			t.Errorf("%s: %d %s", name, v.Code, v.Reason)
+		}
+		// Before the key is looked at: a bad request says nothing about it.
+		if v.Identity.Known() {
+			t.Errorf("%s: identity on a bad request", name)
+		}
+	}
+}
+
 func TestNotReadyUntilSynced(t *testing.T) {
 	d := &Decider{Index: index.New()}
 	if v := d.Decide(Credentials{Reason: ReasonMissingKey}, nil, time.Now()); v.Code != 503 || v.Reason != ReasonNotReady {
@@ -192,7 +232,7 @@ func FuzzExtract(f *testing.F) {
 	f.Add("Authorization", "Bearer "+k.Token(), "_auth_key="+k.Token())
 	f.Add("x-auth-key", "", "%5Fapi_auth=%zz")
 	f.Fuzz(func(t *testing.T, name, value, query string) {
-		c := Extract(hdr(name, value), query, true)
+		c := Extract(HTTPHeader(hdr(name, value)), query, true)
 		if c.Reason == "" {
 			// Whatever passes extraction is a well-formed key.
 			if !keys.ValidID(c.ID) || !keys.ValidSecret(c.Secret) {

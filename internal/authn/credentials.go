@@ -26,15 +26,53 @@ const (
 	HeaderAuthorization = "Authorization"
 )
 
-// Headers gives a request's header values by canonical name (X-Api-Key).
-// http.Header satisfies it; the gRPC adapter wraps Envoy's lower-case map.
-type Headers interface {
-	Get(canonical string) string
+// The one table of where a credential may travel. Extraction reads these,
+// the gRPC adapter maps them to Envoy's names, the strip lists (Envoy's
+// headers_to_remove, the documented gateway configurations) remove them
+// before a request goes upstream, and logs redact them: a name added here
+// is read, stripped and redacted everywhere at once.
+var (
+	// CredentialHeaders are every header that may carry a key, canonical
+	// (X-Api-Key), in the order they are read.
+	CredentialHeaders = [...]string{HeaderAPIKey, HeaderAuthKey, HeaderAPIAuth, HeaderAuthorization}
+	// QueryParams are the query parameters that may carry a key.
+	QueryParams = [...]string{"_auth_key", "_api_auth"}
+)
+
+// LowerCredentialHeaders are CredentialHeaders in lower case, as HTTP/2
+// and Envoy name them.
+func LowerCredentialHeaders() []string {
+	out := make([]string, len(CredentialHeaders))
+	for i, h := range CredentialHeaders {
+		out[i] = strings.ToLower(h)
+	}
+	return out
 }
 
-// HTTPHeader reads a net/http server request's headers, whose names the
-// server has already made canonical, by direct lookup: http.Header.Get
-// would canonicalise every name again on the hot path.
+// IsQueryParam reports whether a (decoded) query parameter name carries a
+// key.
+func IsQueryParam(name string) bool {
+	for _, p := range QueryParams {
+		if name == p {
+			return true
+		}
+	}
+	return false
+}
+
+// Headers gives a request's header values by canonical name (X-Api-Key).
+// The HTTP adapter reads fasthttp's headers, the review adapter
+// HTTPHeader, the gRPC adapter Envoy's lower-case map.
+type Headers interface {
+	// Get returns the first value of a header.
+	Get(canonical string) string
+	// Repeated reports whether the header came more than once.
+	Repeated(canonical string) bool
+}
+
+// HTTPHeader reads a net/http-style header map whose names are already
+// canonical, by direct lookup: http.Header.Get would canonicalise every
+// name again on the hot path.
 type HTTPHeader map[string][]string
 
 // Get returns the first value of a header given its canonical name.
@@ -45,13 +83,19 @@ func (h HTTPHeader) Get(canonical string) string {
 	return ""
 }
 
-// QueryParams are the query parameters that may carry a key.
-var QueryParams = [...]string{"_auth_key", "_api_auth"}
+// Repeated reports whether a header has more than one value.
+func (h HTTPHeader) Repeated(canonical string) bool { return len(h[canonical]) > 1 }
 
-// Extract reads the credentials of a request: the headers x-api-key,
-// x-auth-key, x-api-auth, Authorization (Bearer or Basic), then, when
-// allowQuery, the query parameters _auth_key and _api_auth of rawQuery.
-// Two different credentials in one request are refused as ambiguous.
+// ambiguous refuses a request with more than one credential: a proxy in
+// between may read another one than keyward did, so even the same key
+// twice in one header is refused.
+var ambiguous = Credentials{Reason: ReasonAmbiguousCredentials,
+	Message: "the request carries more than one API key (or one credential header twice); send exactly one"}
+
+// Extract reads the credentials of a request: the CredentialHeaders
+// (Authorization as Bearer or Basic), then, when allowQuery, the
+// QueryParams of rawQuery. Two different credentials, or one credential
+// header twice, are refused as ambiguous.
 func Extract(h Headers, rawQuery string, allowQuery bool) Credentials {
 	var found Credentials
 	n := 0
@@ -62,19 +106,30 @@ func Extract(h Headers, rawQuery string, allowQuery bool) Credentials {
 			return true
 		}
 		if c.ID != found.ID || c.Secret != found.Secret || c.Reason != found.Reason {
-			found = Credentials{Reason: ReasonAmbiguousCredentials,
-				Message: "the request carries more than one different API key; send exactly one"}
+			found = ambiguous
 			return false
 		}
 		return true
 	}
-	for _, name := range [...]string{HeaderAPIKey, HeaderAuthKey, HeaderAPIAuth} {
-		if v := h.Get(name); v != "" && !take(fromToken(strings.TrimSpace(v))) {
+	for _, name := range CredentialHeaders {
+		// An empty first value counts as no header (a second one, if any,
+		// is not read): only a present credential is checked for a twin.
+		v := h.Get(name)
+		if v == "" {
+			continue
+		}
+		if h.Repeated(name) {
+			return ambiguous
+		}
+		var c Credentials
+		if name == HeaderAuthorization {
+			c = fromAuthorization(v)
+		} else {
+			c = fromToken(strings.TrimSpace(v))
+		}
+		if !take(c) {
 			return found
 		}
-	}
-	if v := h.Get(HeaderAuthorization); v != "" && !take(fromAuthorization(v)) {
-		return found
 	}
 	queryKey := false
 	if mayCarryKey(rawQuery) {
@@ -163,7 +218,7 @@ func RedactQuery(rawQuery string) string {
 	parts := strings.Split(rawQuery, "&")
 	for i, p := range parts {
 		name, _, _ := strings.Cut(p, "=")
-		if un, err := url.QueryUnescape(name); err == nil && (un == "_auth_key" || un == "_api_auth") {
+		if un, err := url.QueryUnescape(name); err == nil && IsQueryParam(un) {
 			parts[i] = name + "=REDACTED"
 		}
 	}

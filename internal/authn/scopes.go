@@ -7,6 +7,32 @@ import "strings"
 // context extensions), split lazily so the common case allocates nothing.
 type Scopes []string
 
+// MaxRequiredScopes is the most scopes one check may require: each is
+// matched against every scope of the key, so the work of a check is
+// bounded by this times the key's scopes (the CRD bounds those).
+const MaxRequiredScopes = 32
+
+// tooMany reports whether r names more than MaxRequiredScopes scopes. It
+// stops counting there, so a 32 KiB header of commas costs one scan.
+func (r Scopes) tooMany() bool {
+	n := 0
+	for _, list := range r {
+		for list != "" {
+			i := strings.IndexAny(list, ", ")
+			if i != 0 {
+				if n++; n > MaxRequiredScopes {
+					return true
+				}
+			}
+			if i < 0 {
+				break
+			}
+			list = list[i+1:]
+		}
+	}
+	return false
+}
+
 // missingFrom returns the first required scope the key's scopes do not
 // grant.
 func (r Scopes) missingFrom(granted []string) (string, bool) {

@@ -10,7 +10,10 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	"keyward.dev/keyward/internal/authn"
 )
@@ -25,16 +28,28 @@ type Authorization struct {
 // envoyHeaders reads Envoy's lower-case header map by canonical name.
 type envoyHeaders map[string]string
 
-var lowerNames = map[string]string{
-	authn.HeaderAPIKey: "x-api-key", authn.HeaderAuthKey: "x-auth-key",
-	authn.HeaderAPIAuth: "x-api-auth", authn.HeaderAuthorization: "authorization",
-}
+// lowerNames maps the credential headers to Envoy's names without a
+// lower-casing copy per check.
+var lowerNames = func() map[string]string {
+	m := map[string]string{}
+	for i, l := range authn.LowerCredentialHeaders() {
+		m[authn.CredentialHeaders[i]] = l
+	}
+	return m
+}()
 
 func (h envoyHeaders) Get(canonical string) string {
 	if l, ok := lowerNames[canonical]; ok {
 		return h[l]
 	}
 	return h[strings.ToLower(canonical)]
+}
+
+// Repeated reports whether the header came more than once: Envoy joins the
+// values of a repeated header with commas, and no credential keyward reads
+// holds one.
+func (h envoyHeaders) Repeated(canonical string) bool {
+	return strings.IndexByte(h.Get(canonical), ',') >= 0
 }
 
 // The identity headers as Envoy names them (lower case), built once rather
@@ -47,7 +62,42 @@ var (
 
 // credentialHeaders are removed before the request goes upstream when
 // StripCredentials is on.
-var credentialHeaders = []string{"x-api-key", "x-auth-key", "x-api-auth", "authorization"}
+var credentialHeaders = authn.LowerCredentialHeaders()
+
+// GRPCServer returns a gRPC server of Envoy's ext_authz service with the
+// limits of Limits: streams per connection, message size, keepalive pings
+// and checks in flight.
+func (s *Server) GRPCServer() *grpc.Server {
+	l := s.Limits.withDefaults()
+	inFlight := make(chan struct{}, l.MaxInFlight)
+	gs := grpc.NewServer(
+		grpc.MaxConcurrentStreams(uint32(l.MaxStreamsPerConn)),
+		grpc.MaxRecvMsgSize(l.MaxGRPCMessage),
+		// A client that pings more often than this is sent GOAWAY; idle
+		// connections are pinged, and dropped when they do not answer.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: 5 * time.Minute, Time: time.Minute, Timeout: 10 * time.Second}),
+		grpc.ConnectionTimeout(l.ReadTimeout),
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, next grpc.UnaryHandler) (_ any, err error) {
+			select {
+			case inFlight <- struct{}{}:
+				defer func() { <-inFlight }()
+			default:
+				return nil, status.Error(codes.ResourceExhausted, "keyward is answering as many checks as it may at once; retry")
+			}
+			defer func() {
+				if p := recover(); p != nil {
+					s.panicked(p)
+					err = status.Error(codes.Internal, authn.ReasonInternalError)
+				}
+			}()
+			return next(ctx, req)
+		}),
+	)
+	authv3.RegisterAuthorizationServer(gs, &Authorization{S: s})
+	return gs
+}
 
 // Check answers one ext_authz request. Required scopes come from the route's
 // context extension "scopes" and the x-keyward-required-scopes header.
@@ -103,6 +153,8 @@ func checkResponse(v authn.Verdict, strip bool) *authv3.CheckResponse {
 	}
 	code := codes.PermissionDenied
 	switch v.Code {
+	case http.StatusBadRequest:
+		code = codes.InvalidArgument
 	case http.StatusUnauthorized:
 		code = codes.Unauthenticated
 	case http.StatusServiceUnavailable:

@@ -8,6 +8,8 @@ package serve
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"runtime/debug"
 	"net/url"
 	"strings"
 	"time"
@@ -46,6 +48,58 @@ type Server struct {
 	StripCredentials bool
 	Metrics          *Metrics
 	Log              logr.Logger
+	// Limits bound what one client can hold; zero fields take defaults.
+	Limits Limits
+}
+
+// Limits bound the resources clients can hold, so that a flood of
+// connections, slow requests or huge ones leaves the endpoint answering
+// the gateways (docs/hardening.md has the measurements behind them).
+type Limits struct {
+	// MaxConns caps open connections per port (HTTP: fasthttp's
+	// Concurrency; gRPC: the listener). Beyond it a connection is refused.
+	MaxConns int
+	// MaxInFlight caps gRPC checks being answered at once; beyond it a
+	// check gets RESOURCE_EXHAUSTED at once rather than queueing.
+	MaxInFlight int
+	// MaxStreamsPerConn is gRPC's MaxConcurrentStreams.
+	MaxStreamsPerConn int
+	// MaxGRPCMessage bounds a CheckRequest (Envoy's headers, 60 KiB by
+	// default, and a body when with_request_body is set).
+	MaxGRPCMessage int
+	// IdleTimeout closes an idle keep-alive HTTP connection; ReadTimeout
+	// bounds reading a whole request from its first byte (a slow client
+	// holds a connection no longer than this).
+	IdleTimeout, ReadTimeout time.Duration
+}
+
+// Default limits.
+const (
+	DefaultMaxConns          = 8192
+	DefaultMaxInFlight       = 1024
+	DefaultMaxStreamsPerConn = 256
+	DefaultMaxGRPCMessage    = 256 << 10
+	DefaultIdleTimeout       = 30 * time.Second
+	DefaultReadTimeout       = 5 * time.Second
+)
+
+func (l Limits) withDefaults() Limits {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&l.MaxConns, DefaultMaxConns)
+	def(&l.MaxInFlight, DefaultMaxInFlight)
+	def(&l.MaxStreamsPerConn, DefaultMaxStreamsPerConn)
+	def(&l.MaxGRPCMessage, DefaultMaxGRPCMessage)
+	if l.IdleTimeout <= 0 {
+		l.IdleTimeout = DefaultIdleTimeout
+	}
+	if l.ReadTimeout <= 0 {
+		l.ReadTimeout = DefaultReadTimeout
+	}
+	return l
 }
 
 // Limits of the HTTP interface.
@@ -54,11 +108,22 @@ const (
 	// the client's headers to auth_request, and its own default allows
 	// 4 × 8 KiB of them.
 	maxHeaderBytes = 32 << 10
-	// maxBodyBytes bounds a body (an AuthReview, or a body Envoy's HTTP
-	// ext_authz forwards with with_request_body); /review itself takes at
-	// most maxReviewBytes.
-	maxBodyBytes = 1 << 20
+	// maxBodyBytes bounds any body; /review takes at most maxReviewBytes,
+	// and forward auth maxForwardBodyBytes: the gateways send /authn no
+	// body (Envoy's HTTP ext_authz may, with with_request_body, and
+	// keyward does not read it).
+	maxBodyBytes        = maxReviewBytes
+	maxForwardBodyBytes = 4 << 10
 )
+
+// bodyLimit picks a request's body limit by its path, before the body is
+// read.
+func bodyLimit(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	if path, _ := splitURI(str(h.RequestURI())); path == "/review" {
+		return fasthttp.RequestConfig{MaxRequestBodySize: maxReviewBytes}
+	}
+	return fasthttp.RequestConfig{MaxRequestBodySize: maxForwardBodyBytes}
+}
 
 // HTTPServer returns the server of /authn (and every path below it) and
 // /review.
@@ -72,17 +137,26 @@ const (
 // and writes headers from a flat list. It still answers HTTP/1.0 and 1.1,
 // keep-alive and pipelining, bodies by Content-Length or in chunks; what it
 // cannot read (oversized or malformed requests) gets a JSON reason.
+//
+// Its limits: Limits.MaxConns connections; a request is read whole within
+// ReadTimeout of its first byte; idle keep-alive connections close after
+// IdleTimeout and, meanwhile, hold no read or write buffer
+// (ReduceMemoryUsage); bodies by path (bodyLimit).
 func (s *Server) HTTPServer() *fasthttp.Server {
+	l := s.Limits.withDefaults()
 	return &fasthttp.Server{
-		Handler:               s.ServeFastHTTP,
+		Handler:               s.serveRecovering,
 		ErrorHandler:          requestError,
+		HeaderReceived:        bodyLimit,
 		NoDefaultServerHeader: true,
 		NoDefaultContentType:  true,
 		ReadBufferSize:        maxHeaderBytes,
 		MaxRequestBodySize:    maxBodyBytes,
-		ReadTimeout:           5 * time.Second,
+		Concurrency:           l.MaxConns,
+		ReduceMemoryUsage:     true,
+		ReadTimeout:           l.ReadTimeout,
 		WriteTimeout:          5 * time.Second,
-		IdleTimeout:           2 * time.Minute,
+		IdleTimeout:           l.IdleTimeout,
 		CloseOnShutdown:       true,
 		// fasthttp's own error lines quote the request they could not
 		// read, and with it any key: keep the contents out, and log only
@@ -91,6 +165,28 @@ func (s *Server) HTTPServer() *fasthttp.Server {
 		Logger:                       withheldLogger{s.Log},
 		DisablePreParseMultipartForm: true,
 	}
+}
+
+// serveRecovering answers a check whose handling panicked (a bug) with 500
+// internal_error instead of losing the process and every check behind it.
+func (s *Server) serveRecovering(ctx *fasthttp.RequestCtx) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.panicked(p)
+			ctx.Response.Reset()
+			writeError(ctx, fasthttp.StatusInternalServerError, authn.ReasonInternalError,
+				"keyward failed to answer this check; it has been logged")
+		}
+	}()
+	s.ServeFastHTTP(ctx)
+}
+
+// panicked logs a handler's panic by its stack alone, not its value or the
+// request (either may hold a key), and counts it.
+func (s *Server) panicked(p any) {
+	s.Metrics.Panicked()
+	s.Log.Error(fmt.Errorf("%T", p), "a check handler panicked; answered 500 internal_error and serving on",
+		"stack", string(debug.Stack()))
 }
 
 // ServeFastHTTP routes by two prefix tests, not a router: a path below
@@ -138,6 +234,11 @@ type requestHeaders struct{ h *fasthttp.RequestHeader }
 
 func (r requestHeaders) Get(canonical string) string {
 	return str(r.h.PeekCanonical(bytesOf(canonical)))
+}
+
+// Repeated reports whether the header came more than once.
+func (r requestHeaders) Repeated(canonical string) bool {
+	return len(r.h.PeekAll(canonical)) > 1
 }
 
 // forwardAuth answers nginx auth_request, Traefik forwardAuth and Envoy's
@@ -268,6 +369,7 @@ func denialJSON(reason, msg string) []byte {
 func writeError(ctx *fasthttp.RequestCtx, code int, reason, msg string) {
 	ctx.Response.SetStatusCode(code)
 	ctx.Response.Header.SetContentTypeBytes(jsonType)
+	ctx.Response.Header.SetCanonical(hdrReason, bytesOf(reason))
 	ctx.Response.SetBodyRaw(denialJSON(reason, msg))
 }
 
@@ -285,7 +387,7 @@ func requestError(ctx *fasthttp.RequestCtx, err error) {
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, authn.ReasonMalformedRequest,
-			"the request body is larger than 1 MiB")
+			"the request body is too large: /authn takes at most 4 KiB (gateways send none), /review at most 64 KiB")
 	case errors.As(err, &small):
 		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, authn.ReasonMalformedRequest,
 			"the request line and headers are larger than 32 KiB")

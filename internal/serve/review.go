@@ -138,7 +138,7 @@ func (s *Server) review(ctx *fasthttp.RequestCtx) {
 		q[k] = append(q[k], vs...)
 	}
 	required := append(authn.Scopes(nil), req.RequiredScopes...)
-	v := s.Decider.Decide(authn.Extract(h, q.Encode(), s.AllowQueryKeys), required, start)
+	v := s.Decider.Decide(authn.Extract(authn.HTTPHeader(h), q.Encode(), s.AllowQueryKeys), required, start)
 	resp := &ReviewResponse{UID: req.UID, Allowed: v.Allowed,
 		Status: ReviewStatus{Code: v.Code, Reason: v.Reason, Message: v.Message}}
 	if e := v.Identity; e.Known() {
