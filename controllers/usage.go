@@ -30,6 +30,7 @@ const (
 )
 
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=list
+// +kubebuilder:rbac:urls=/usage,verbs=get
 
 // UsageCollector collects the auth endpoint replicas' running totals every
 // Interval and folds them into the ApiKeys' status (usage, lastUsedAt). It
@@ -49,6 +50,10 @@ type UsageCollector struct {
 	Log                logr.Logger
 	// Now is the clock (tests).
 	Now func() time.Time
+	// Transport carries the requests to the replicas: TLS and the
+	// controller's bearer token, since /usage answers only callers who may
+	// get it (default: http.DefaultTransport, for tests).
+	Transport http.RoundTripper
 
 	http      http.Client
 	lastWrite map[types.NamespacedName]time.Time
@@ -73,6 +78,7 @@ func (u *UsageCollector) Start(ctx context.Context) error {
 		u.Now = time.Now
 	}
 	u.http.Timeout = u.Interval
+	u.http.Transport = u.Transport
 	u.lastWrite = map[types.NamespacedName]time.Time{}
 	u.limiter = rate.NewLimiter(rate.Limit(u.WritesPerSecond), 1)
 	t := time.NewTicker(u.Interval)
@@ -203,7 +209,7 @@ func ServiceEndpoints(c client.Reader, namespace, service, port string) func(con
 					if s.AddressType == discoveryv1.AddressTypeIPv6 {
 						host = "[" + a + "]"
 					}
-					urls = append(urls, "http://"+host+":"+strconv.Itoa(int(p)))
+					urls = append(urls, "https://"+host+":"+strconv.Itoa(int(p)))
 				}
 			}
 		}

@@ -45,7 +45,7 @@ func TestServiceEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	slices.Sort(urls)
-	if want := []string{"http://10.0.0.1:8080", "http://[fd00::3]:8080"}; !slices.Equal(urls, want) {
+	if want := []string{"https://10.0.0.1:8080", "https://[fd00::3]:8080"}; !slices.Equal(urls, want) {
 		t.Fatalf("replicas %v, want %v", urls, want)
 	}
 }

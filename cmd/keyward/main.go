@@ -23,6 +23,7 @@ import (
 
 	"keyward.dev/keyward/internal/app"
 	"keyward.dev/keyward/internal/logging"
+	"keyward.dev/keyward/internal/serve"
 )
 
 const usage = `keyward issues, checks and revokes API keys on Kubernetes.
@@ -71,7 +72,9 @@ func controller(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("keyward controller", flag.ExitOnError)
 	var o app.ControllerOptions
 	fs.StringVar(&o.EndpointURL, "endpoint-url", "", "gateway URL that keys are used against; written into each key's Secret and status (required)")
-	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", "address of /metrics; 0 turns it off")
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8443", "address of /metrics (HTTPS; callers need a token allowed to get /metrics, e.g. bound to keyward-metrics-reader); 0 turns it off")
+	fs.StringVar(&o.MetricsCertDir, "metrics-cert-dir", "", "folder with tls.crt and tls.key for the metrics server, reloaded on change (default: a self-signed certificate)")
+	fs.StringVar(&o.UsageCAFile, "usage-ca-file", "", "CA bundle that verifies the endpoint replicas' metrics certificates when collecting usage (default: not verified)")
 	fs.StringVar(&o.HealthAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, "elect one active controller among replicas")
 	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader lease (default: the pod's)")
@@ -132,10 +135,14 @@ func authnMode(ctx context.Context, args []string) error {
 	var o app.AuthnOptions
 	fs.StringVar(&o.HTTPAddr, "http-address", ":8180", "address of forward auth (/authn) and /review")
 	fs.StringVar(&o.GRPCAddr, "grpc-address", ":8181", "address of Envoy ext_authz gRPC")
-	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", "address of /metrics")
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8443", "address of /metrics and /usage (HTTPS; callers need a token allowed to get the path); 0 turns it off")
+	fs.StringVar(&o.MetricsCertDir, "metrics-cert-dir", "", "folder with tls.crt and tls.key for the metrics server, reloaded on change (default: a self-signed certificate)")
 	fs.StringVar(&o.HealthAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	fs.BoolVar(&o.AllowQueryKeys, "allow-query-keys", true, "accept keys in the query string (_auth_key, _api_auth); answers carry a Warning")
-	fs.BoolVar(&o.Pprof, "pprof", false, "serve /debug/pprof/ on the metrics address")
+	fs.StringVar(&o.PprofAddr, "pprof-bind-address", "", "address of /debug/pprof/ (no authentication: localhost only); empty turns it off")
+	fs.IntVar(&o.Limits.MaxConns, "max-connections", serve.DefaultMaxConns, "open connections per check port; more are refused")
+	fs.IntVar(&o.Limits.MaxInFlight, "max-grpc-in-flight", serve.DefaultMaxInFlight, "gRPC checks answered at once; more get RESOURCE_EXHAUSTED")
+	fs.DurationVar(&o.Limits.IdleTimeout, "idle-timeout", serve.DefaultIdleTimeout, "close an idle keep-alive HTTP connection after this (set the gateway's upstream keep-alive lower)")
 	fs.BoolVar(&o.StripCredentials, "strip-credentials", true, "ask Envoy (gRPC ext_authz) to remove the key before the request goes upstream")
 	fs.BoolVar(&o.PerKeyMetrics, "per-key-metrics", true, "export keyward_apikey_checks_total with namespace, name and key_id labels (one series per key and decision); turn off for very many keys")
 	fs.StringVar(&o.Replica, "replica-name", "", "name of this run in usage reports (default: host name and a random suffix)")

@@ -5,18 +5,21 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"runtime/debug"
 	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/netutil"
 	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"keyward.dev/keyward/internal/authn"
@@ -29,18 +32,21 @@ import (
 type AuthnOptions struct {
 	// HTTPAddr serves /authn and /review; GRPCAddr Envoy's ext_authz.
 	HTTPAddr, GRPCAddr string
-	// MetricsAddr and HealthAddr: "" leaves them to someone else (dev mode
-	// shares the controller's).
+	// MetricsAddr serves /metrics and /usage over TLS to authenticated,
+	// authorized callers only; "" or "0" turns it off. HealthAddr serves
+	// /healthz and /readyz; "" or "0" turns it off.
 	MetricsAddr, HealthAddr string
-	AllowQueryKeys          bool
-	// Pprof serves /debug/pprof/ beside /metrics (for profiling under load).
-	Pprof            bool
+	// MetricsCertDir holds tls.crt and tls.key for the metrics server
+	// (reloaded on change); empty: a self-signed certificate.
+	MetricsCertDir string
+	AllowQueryKeys bool
+	// PprofAddr serves /debug/pprof/ (for profiling under load), without
+	// authentication: keep it on localhost or off ("").
+	PprofAddr        string
 	StripCredentials bool
 	// Namespaces limits the watch (tests); empty watches all.
 	Namespaces []string
 	Logger     logr.Logger
-	// Ready, when set, is called with the index's readiness check.
-	Ready func(check func(*http.Request) error)
 	// Index, when set, is used instead of a new one (tests, dev).
 	Index *index.Index
 	// Replica names this run in usage reports (default: host name and a
@@ -49,6 +55,9 @@ type AuthnOptions struct {
 	// PerKeyMetrics exports keyward_apikey_checks_total with one series per
 	// key and decision; large installations may turn it off.
 	PerKeyMetrics bool
+	// Limits bound what clients can hold (connections, checks in flight,
+	// idle time, message sizes); zero fields take serve's defaults.
+	Limits serve.Limits
 }
 
 // ReplicaName is a name for one run of an endpoint replica: the host (the
@@ -70,8 +79,12 @@ var (
 	decisionMetrics *serve.Metrics
 )
 
-// RunAuthn runs the auth endpoint until ctx is done. Every replica builds
-// its own index from a watch and needs no leader.
+// RunAuthn runs the auth endpoint until ctx is done: a controller-runtime
+// Manager whose runnables (the index's watch, the HTTP and the gRPC check
+// servers) need no leader, since every replica builds its own index. The
+// Manager serves /metrics and /usage behind TokenReview and
+// SubjectAccessReview over TLS, the probes (ready once the keys are
+// loaded) and pprof.
 func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 	ix := o.Index
 	if ix == nil {
@@ -89,13 +102,11 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 		Name: "keyward_authn_contested_key_ids",
 		Help: "Key IDs claimed by more than one ApiKey's record; each is served to its first claimant only.",
 	}, func() float64 { return float64(ix.Contested()) })
-	if err := ctrlmetrics.Registry.Register(contested); err != nil && !errors.As(err, &prometheus.AlreadyRegisteredError{}) {
+	if err := registerOnce(contested); err != nil {
 		return err
 	}
 	if o.PerKeyMetrics {
-		// One per process: dev mode and tests may run several endpoints.
-		err := ctrlmetrics.Registry.Register(usage.NewMetrics(ix))
-		if are := (prometheus.AlreadyRegisteredError{}); err != nil && !errors.As(err, &are) {
+		if err := registerOnce(usage.NewMetrics(ix)); err != nil {
 			return err
 		}
 	}
@@ -105,114 +116,121 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 		StripCredentials: o.StripCredentials,
 		Metrics:          decisionMetrics,
 		Log:              o.Logger,
+		Limits:           o.Limits,
 	}
-	ready := func(*http.Request) error {
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Metrics: secureMetrics(o.MetricsAddr, o.MetricsCertDir,
+			map[string]http.Handler{usage.Path: usage.Handler(ix, o.Replica)}),
+		HealthProbeBindAddress: o.HealthAddr,
+		PprofBindAddress:       o.PprofAddr,
+		Logger:                 o.Logger,
+		// Every replica serves; none is elected.
+		LeaderElection: false,
+		// The endpoint reads the API server only through its own watch.
+		Cache: cache.Options{ReaderFailOnMissingInformer: true},
+	})
+	if err != nil {
+		return fmt.Errorf("set up the auth endpoint: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("keys-loaded", func(*http.Request) error {
 		if !ix.Synced() {
 			return errors.New("keys not loaded yet")
 		}
 		return nil
+	}); err != nil {
+		return err
 	}
-	if o.Ready != nil {
-		o.Ready(ready)
+	for _, r := range []manager.Runnable{
+		leaderless(func(ctx context.Context) error {
+			// Until the first list completes, checks get 503 not_ready;
+			// the watches go on in the background until ctx is done.
+			if err := index.Watch(ctx, cfg, ix, o.Namespaces...); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("watch keys: %w", err)
+			}
+			o.Logger.Info("keys loaded", "keys", ix.Len())
+			// The initial lists decoded every ApiKey and record once; hand
+			// that garbage back to the OS now rather than when the
+			// scavenger gets to it, so a replica's memory is its index.
+			debug.FreeOSMemory()
+			<-ctx.Done()
+			return nil
+		}),
+		leaderless(func(ctx context.Context) error { return serveHTTP(ctx, o.HTTPAddr, s) }),
+		leaderless(func(ctx context.Context) error { return serveGRPC(ctx, o.GRPCAddr, s) }),
+	} {
+		if err := mgr.Add(r); err != nil {
+			return err
+		}
 	}
+	o.Logger.Info("auth endpoint starting", "http", o.HTTPAddr, "grpc", o.GRPCAddr, "metrics", o.MetricsAddr)
+	return mgr.Start(ctx)
+}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errs := make(chan error, 5)
-	var servers []*http.Server
-	listen := func(addr string, h http.Handler) error {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("listen on %s: %w", addr, err)
-		}
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
-		servers = append(servers, srv)
-		go func() {
-			if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-				errs <- err
-			}
-		}()
-		return nil
+// registerOnce registers a collector with the process-wide registry, which
+// dev mode and tests share between several endpoints.
+func registerOnce(c prometheus.Collector) error {
+	err := ctrlmetrics.Registry.Register(c)
+	if are := (prometheus.AlreadyRegisteredError{}); err != nil && !errors.As(err, &are) {
+		return err
 	}
-	hl, err := net.Listen("tcp", o.HTTPAddr)
+	return nil
+}
+
+// leaderless is a runnable every replica runs.
+type leaderless func(context.Context) error
+
+func (f leaderless) Start(ctx context.Context) error { return f(ctx) }
+func (leaderless) NeedLeaderElection() bool          { return false }
+
+// shutdownGrace bounds a server's graceful stop.
+const shutdownGrace = 5 * time.Second
+
+// serveHTTP serves forward auth and /review until ctx is done.
+func serveHTTP(ctx context.Context, addr string, s *serve.Server) error {
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", o.HTTPAddr, err)
+		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	defer hl.Close() // also when a listener below fails
-	checks := s.HTTPServer()
-	go func() {
-		if err := checks.Serve(hl); err != nil {
-			errs <- err
-		}
-	}()
-	if o.MetricsAddr != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(ctrlmetrics.Registry, promhttp.HandlerOpts{}))
-		mux.Handle(usage.Path, usage.Handler(ix, o.Replica))
-		if o.Pprof {
-			mux.HandleFunc("/debug/pprof/", pprof.Index)
-			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		}
-		if err := listen(o.MetricsAddr, mux); err != nil {
-			return err
-		}
+	srv := s.HTTPServer()
+	errs := make(chan error, 1)
+	go func() { errs <- srv.Serve(l) }()
+	select {
+	case err := <-errs:
+		return err
+	case <-ctx.Done():
 	}
-	if o.HealthAddr != "" {
-		mux := http.NewServeMux()
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
-		mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-			if err := ready(r); err != nil {
-				http.Error(w, err.Error(), http.StatusServiceUnavailable)
-				return
-			}
-			_, _ = w.Write([]byte("ok"))
-		})
-		if err := listen(o.HealthAddr, mux); err != nil {
-			return err
-		}
-	}
-	gl, err := net.Listen("tcp", o.GRPCAddr)
+	shutdown, done := context.WithTimeout(context.Background(), shutdownGrace)
+	defer done()
+	return srv.ShutdownWithContext(shutdown)
+}
+
+// serveGRPC serves Envoy's ext_authz until ctx is done; the listener caps
+// connections (gRPC has no such option of its own).
+func serveGRPC(ctx context.Context, addr string, s *serve.Server) error {
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", o.GRPCAddr, err)
+		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	gs := s.GRPCServer()
-	go func() {
-		if err := gs.Serve(gl); err != nil {
-			errs <- err
-		}
-	}()
-	o.Logger.Info("auth endpoint listening", "http", o.HTTPAddr, "grpc", o.GRPCAddr)
-
-	go func() {
-		// Until the first list completes, checks get 503 not_ready.
-		if err := index.Watch(ctx, cfg, ix, o.Namespaces...); err != nil && ctx.Err() == nil {
-			errs <- err
-			return
-		}
-		o.Logger.Info("keys loaded", "keys", ix.Len())
-		// The initial lists decoded every ApiKey and record once; hand that
-		// garbage back to the OS now rather than when the scavenger gets to
-		// it, so a replica's memory is its index from the start.
-		debug.FreeOSMemory()
-	}()
-
+	errs := make(chan error, 1)
+	go func() { errs <- gs.Serve(netutil.LimitListener(l, s.Limits.Conns())) }()
 	select {
+	case err := <-errs:
+		return err
 	case <-ctx.Done():
-		err = nil
-	case err = <-errs:
-	}
-	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
-	defer done()
-	_ = checks.ShutdownWithContext(shutdown)
-	for _, srv := range servers {
-		_ = srv.Shutdown(shutdown)
 	}
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
-	case <-shutdown.Done():
+	case <-time.After(shutdownGrace):
 		gs.Stop()
 	}
-	return err
+	return nil
 }

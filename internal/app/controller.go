@@ -4,14 +4,18 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/transport"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -24,8 +28,9 @@ import (
 type ControllerOptions struct {
 	// EndpointURL is the gateway URL written into Secrets and status.
 	EndpointURL string
-	// MetricsAddr and HealthAddr are where /metrics and /healthz, /readyz
-	// listen ("0" turns one off).
+	// MetricsAddr and HealthAddr are where /metrics (TLS, authenticated
+	// and authorized callers only) and /healthz, /readyz listen ("0" turns
+	// one off).
 	MetricsAddr, HealthAddr string
 	// LeaderElect makes replicas elect one active controller.
 	LeaderElect bool
@@ -37,9 +42,12 @@ type ControllerOptions struct {
 	AgainInProcess bool
 	// ExtraReadyz are more readiness checks (dev mode: the auth endpoint's).
 	ExtraReadyz map[string]func(*http.Request) error
-	// MetricsHandlers are served beside /metrics (dev mode: /usage of the
-	// in-process auth endpoint).
-	MetricsHandlers map[string]http.Handler
+	// MetricsCertDir holds tls.crt and tls.key for /metrics (reloaded on
+	// change); empty: a self-signed certificate.
+	MetricsCertDir string
+	// UsageCAFile verifies the endpoint replicas' metrics certificates when
+	// collecting usage; empty: not verified (self-signed certificates).
+	UsageCAFile string
 	// UsageEndpoints (base URLs) or UsageService (namespace/name of the
 	// auth endpoint's Service, port "metrics") find the endpoint replicas
 	// whose usage counts the controller collects; neither turns it off.
@@ -54,7 +62,7 @@ func RunController(ctx context.Context, cfg *rest.Config, o ControllerOptions) e
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  controllers.NewScheme(),
 		Cache:                   controllers.CacheOptions(),
-		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr, ExtraHandlers: o.MetricsHandlers},
+		Metrics:                 secureMetrics(o.MetricsAddr, o.MetricsCertDir, nil),
 		HealthProbeBindAddress:  o.HealthAddr,
 		LeaderElection:          o.LeaderElect,
 		LeaderElectionID:        "keyward-controller.keyward.dev",
@@ -79,7 +87,14 @@ func RunController(ctx context.Context, cfg *rest.Config, o ControllerOptions) e
 	if endpoints, err := usageEndpoints(mgr, o); err != nil {
 		return err
 	} else if endpoints != nil {
-		if err := mgr.Add(&controllers.UsageCollector{Client: mgr.GetClient(), Endpoints: endpoints,
+		rt, err := usageTransport(cfg, o.UsageCAFile)
+		if err != nil {
+			return err
+		}
+		if cfg.BearerToken == "" && cfg.BearerTokenFile == "" {
+			o.Logger.Info("the controller has no bearer token (not a ServiceAccount?): the endpoint replicas will refuse its usage collection")
+		}
+		if err := mgr.Add(&controllers.UsageCollector{Client: mgr.GetClient(), Endpoints: endpoints, Transport: rt,
 			Interval: o.UsageInterval, MinWrite: o.UsageMinWrite, Log: o.Logger.WithName("usage")}); err != nil {
 			return err
 		}
@@ -116,4 +131,49 @@ func usageEndpoints(mgr ctrl.Manager, o ControllerOptions) (func(context.Context
 		return controllers.StaticEndpoints(o.UsageEndpoints...), nil
 	}
 	return nil, nil
+}
+
+// secureMetrics serves /metrics and extra on addr over TLS, only to callers
+// whose bearer token the API server authenticates (TokenReview) and who may
+// get the path (SubjectAccessReview, e.g. keyward-metrics-reader): metrics
+// and usage name every tenant's keys. "" or "0" turns it off.
+func secureMetrics(addr, certDir string, extra map[string]http.Handler) metricsserver.Options {
+	if addr == "" {
+		addr = "0"
+	}
+	return metricsserver.Options{
+		BindAddress:    addr,
+		SecureServing:  true,
+		CertDir:        certDir,
+		FilterProvider: metricsAuth,
+		ExtraHandlers:  extra,
+		// HTTP/1.1 only, as kubebuilder scaffolds: HTTP/2's stream reset
+		// and continuation floods are not worth it for a scrape.
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) {
+			c.NextProtos = []string{"http/1.1"}
+			c.MinVersion = tls.VersionTLS12
+		}},
+	}
+}
+
+// usageTransport reaches the endpoint replicas' /usage over TLS with the
+// controller's own ServiceAccount token (re-read from its file as the
+// kubelet rotates it). The replicas' certificates are verified against
+// caFile; without one they are self-signed and not verified.
+func usageTransport(cfg *rest.Config, caFile string) (http.RoundTripper, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--usage-ca-file: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--usage-ca-file %s holds no PEM certificate", caFile)
+		}
+	} else {
+		tc.InsecureSkipVerify = true //nolint:gosec // self-signed metrics certificates; see docs/hardening.md
+	}
+	base := &http.Transport{TLSClientConfig: tc, MaxIdleConnsPerHost: 2, IdleConnTimeout: time.Minute}
+	return transport.NewBearerAuthWithRefreshRoundTripper(cfg.BearerToken, cfg.BearerTokenFile, base)
 }

@@ -18,7 +18,6 @@ import (
 	"keyward.dev/keyward/internal/index"
 	"keyward.dev/keyward/internal/logging"
 	"keyward.dev/keyward/internal/manifests"
-	"keyward.dev/keyward/internal/usage"
 )
 
 // DevOptions configure `keyward dev`.
@@ -44,6 +43,8 @@ const (
 	DevGRPCAddr    = "127.0.0.1:8181"
 	DevMetricsAddr = "127.0.0.1:8080"
 	DevHealthAddr  = "127.0.0.1:8081"
+	// DevAuthnMetricsAddr serves the endpoint's /metrics and /usage.
+	DevAuthnMetricsAddr = "127.0.0.1:8082"
 )
 
 // RunDev starts a local control plane, keyward on it and the samples, and
@@ -57,7 +58,7 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 		return err
 	}
 	defer unlock()
-	for _, addr := range []string{DevAuthAddr, DevGRPCAddr, DevMetricsAddr, DevHealthAddr} {
+	for _, addr := range []string{DevAuthAddr, DevGRPCAddr, DevMetricsAddr, DevHealthAddr, DevAuthnMetricsAddr} {
 		if err := free(addr); err != nil {
 			return err
 		}
@@ -120,6 +121,10 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 	}
 	say("controller and auth endpoint run as ServiceAccounts %s/%s and %s/%s", Namespace, ControllerServiceAccount,
 		Namespace, AuthnServiceAccount)
+	readerToken := filepath.Join(o.Dir, "metrics-reader.token")
+	if err := MetricsReader(ctx, admin.Config(), readerToken); err != nil {
+		return err
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -131,11 +136,8 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 		done <- RunController(ctx, controllerCfg, ControllerOptions{
 			EndpointURL: "http://" + DevAuthAddr,
 			MetricsAddr: DevMetricsAddr, HealthAddr: DevHealthAddr,
-			// The in-process endpoint's usage report is served beside the
-			// controller's metrics.
-			MetricsHandlers: map[string]http.Handler{usage.Path: usage.Handler(ix, replica)},
-			UsageEndpoints:  append([]string{"http://" + DevMetricsAddr}, o.UsageEndpoints...),
-			Logger:          log.WithName("controller"),
+			UsageEndpoints: append([]string{"https://" + DevAuthnMetricsAddr}, o.UsageEndpoints...),
+			Logger:         log.WithName("controller"),
 			ExtraReadyz: map[string]func(*http.Request) error{"authn-index": func(*http.Request) error {
 				if !ix.Synced() {
 					return errors.New("auth endpoint has not loaded the keys yet")
@@ -146,7 +148,7 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 	}()
 	go func() {
 		done <- RunAuthn(ctx, authnCfg, AuthnOptions{
-			HTTPAddr: DevAuthAddr, GRPCAddr: DevGRPCAddr,
+			HTTPAddr: DevAuthAddr, GRPCAddr: DevGRPCAddr, MetricsAddr: DevAuthnMetricsAddr,
 			AllowQueryKeys: true, StripCredentials: true,
 			Logger: log.WithName("authn"), Index: ix, Replica: replica, PerKeyMetrics: true,
 		})
@@ -169,7 +171,7 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 		return fmt.Errorf("apply the samples: %w", err)
 	}
 	say("applied %d sample objects from %s", applied, filepath.Join(o.Config, "samples"))
-	fmt.Fprintf(o.Out, devBanner, kubeconfig)
+	fmt.Fprintf(o.Out, devBanner, kubeconfig, readerToken)
 
 	select {
 	case <-ctx.Done():
@@ -204,7 +206,14 @@ keyward is running. In another terminal:
   kubectl -n keyward-demo patch apikey occupancy-reader --type merge -p '{"spec":{"archived":true}}'
   curl -i -H "x-api-key: $TOKEN" 'http://127.0.0.1:8180/authn'                         # 401 archived
 
-Metrics: http://127.0.0.1:8080/metrics · health: http://127.0.0.1:8081/readyz
+  # metrics answer only a token the API server knows, with the right role
+  # (ServiceAccount keyward-system/metrics-reader, bound to keyward-metrics-reader)
+  READER=$(cat %s)
+  curl -sk -H "Authorization: Bearer $READER" https://127.0.0.1:8082/metrics | grep keyward_authn_decisions   # endpoint
+  curl -sk -H "Authorization: Bearer $READER" https://127.0.0.1:8080/metrics | grep controller_runtime_reconcile_total   # controller
+  curl -sk https://127.0.0.1:8082/metrics    # 401 without a token
+
+Health: http://127.0.0.1:8081/readyz
 Ctrl-C stops everything.
 `
 

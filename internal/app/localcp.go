@@ -12,6 +12,7 @@ import (
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -119,4 +120,36 @@ func ServiceAccountConfig(ctx context.Context, admin *rest.Config, name string) 
 	cfg := rest.AnonymousClientConfig(admin)
 	cfg.BearerToken = tr.Status.Token
 	return cfg, nil
+}
+
+// MetricsReaderServiceAccount is the ServiceAccount in keyward's namespace
+// that `keyward dev` binds to keyward-metrics-reader, as a Prometheus
+// would be.
+const MetricsReaderServiceAccount = "metrics-reader"
+
+// MetricsReader creates the metrics-reader ServiceAccount, binds it to
+// keyward-metrics-reader and writes a token for it (valid a week) to
+// tokenFile.
+func MetricsReader(ctx context.Context, admin *rest.Config, tokenFile string) error {
+	cs, err := kubernetes.NewForConfig(admin)
+	if err != nil {
+		return err
+	}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: MetricsReaderServiceAccount, Namespace: Namespace}}
+	if _, err := cs.CoreV1().ServiceAccounts(Namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create ServiceAccount %s/%s: %w", Namespace, sa.Name, err)
+	}
+	crb := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "keyward-metrics-reader-dev"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "keyward-metrics-reader"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa.Name, Namespace: Namespace}},
+	}
+	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, crb, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("bind %s to keyward-metrics-reader: %w", sa.Name, err)
+	}
+	c, err := ServiceAccountConfig(ctx, admin, sa.Name)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(tokenFile, []byte(c.BearerToken), 0o600)
 }

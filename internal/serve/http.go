@@ -9,8 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"net/url"
+	"runtime/debug"
 	"strings"
 	"time"
 	"unsafe"
@@ -397,3 +397,6 @@ func requestError(ctx *fasthttp.RequestCtx, err error) {
 		writeError(ctx, fasthttp.StatusBadRequest, authn.ReasonMalformedRequest, "the request is not valid HTTP/1.x")
 	}
 }
+
+// Conns is the connection cap in effect.
+func (l Limits) Conns() int { return l.withDefaults().MaxConns }

@@ -107,7 +107,7 @@ func run() error {
 	}
 	authn, err := start(filepath.Join(*bin, "keyward"), "authn", "--kubeconfig", kubeconfig,
 		"--http-address", "127.0.0.1:8180", "--grpc-address", "127.0.0.1:8181",
-		"--metrics-bind-address", "127.0.0.1:8090", "--health-probe-bind-address", "127.0.0.1:8091", "--pprof")
+		"--metrics-bind-address", "127.0.0.1:8090", "--health-probe-bind-address", "127.0.0.1:8091", "--pprof-bind-address", "127.0.0.1:8092")
 	if err != nil {
 		return err
 	}
@@ -133,12 +133,12 @@ func run() error {
 	settle()
 	report("endpoint memory with keys loaded", fmt.Sprintf("%.1f MiB RSS", rssMiB(authn.Process.Pid)),
 		fmt.Sprintf("%d keys, 90%% of them added by watch while it ran; Go heap in use %.1f MiB; target ≤ 150 MiB",
-			*keysTotal, heapInUseMiB("http://127.0.0.1:8090/metrics")))
+			*keysTotal, heapInUseMiB("http://127.0.0.1:8092")))
 	// A replica that starts with every key already there (a rollout, a
 	// scale-up) loads them in its first list.
 	fresh, err := start(filepath.Join(*bin, "keyward"), "authn", "--kubeconfig", kubeconfig,
 		"--http-address", "127.0.0.1:8280", "--grpc-address", "127.0.0.1:8281",
-		"--metrics-bind-address", "127.0.0.1:8290", "--health-probe-bind-address", "127.0.0.1:8291")
+		"--metrics-bind-address", "127.0.0.1:8290", "--health-probe-bind-address", "127.0.0.1:8291", "--pprof-bind-address", "127.0.0.1:8292")
 	if err != nil {
 		return err
 	}
@@ -151,7 +151,7 @@ func run() error {
 	settle()
 	report("memory of a replica started with the keys", fmt.Sprintf("%.1f MiB RSS", rssMiB(fresh.Process.Pid)),
 		fmt.Sprintf("%d keys loaded in %s; Go heap in use %.1f MiB; peak %.1f MiB while loading", *keysTotal,
-			took.Round(100*time.Millisecond), heapInUseMiB("http://127.0.0.1:8290/metrics"), hwmMiB(fresh.Process.Pid)))
+			took.Round(100*time.Millisecond), heapInUseMiB("http://127.0.0.1:8292"), hwmMiB(fresh.Process.Pid)))
 	stop(fresh)
 
 	noop, err := start(filepath.Join(*bin, "bench-noop"), "--pprof-address", "127.0.0.1:9190")
@@ -177,7 +177,7 @@ func run() error {
 	}
 	netNoop := &target{url: "http://127.0.0.1:9180", pprof: "http://127.0.0.1:9190", profile: *profile + ".noop", pid: noop.Process.Pid}
 	fastNoop := &target{url: "http://127.0.0.1:9182", pprof: "http://127.0.0.1:9190", profile: *profile + ".fastnoop", pid: noop.Process.Pid}
-	kwT := &target{url: "http://127.0.0.1:8180", pprof: "http://127.0.0.1:8090", profile: *profile, pid: authn.Process.Pid}
+	kwT := &target{url: "http://127.0.0.1:8180", pprof: "http://127.0.0.1:8092", profile: *profile, pid: authn.Process.Pid}
 	targets := []*target{netNoop, kwT, fastNoop}
 	var httpRatios, fastRatios, cpuRatios []float64
 	for round := range *rounds {
@@ -607,17 +607,19 @@ func procStatus(pid int, field string) float64 {
 	return 0
 }
 
-// heapInUseMiB reads go_memstats_heap_inuse_bytes from a metrics endpoint.
-func heapInUseMiB(url string) float64 {
-	resp, err := http.Get(url)
+// heapInUseMiB reads HeapInuse from a process's pprof heap summary (its
+// /metrics answers only authorized tokens).
+func heapInUseMiB(pprofBase string) float64 {
+	resp, err := http.Get(pprofBase + "/debug/pprof/heap?debug=1")
 	if err != nil {
 		return 0
 	}
 	defer resp.Body.Close()
 	s := bufio.NewScanner(resp.Body)
+	s.Buffer(make([]byte, 1<<20), 1<<20)
 	for s.Scan() {
-		if f := strings.Fields(s.Text()); len(f) == 2 && f[0] == "go_memstats_heap_inuse_bytes" {
-			v, _ := strconv.ParseFloat(f[1], 64)
+		if f := strings.Fields(s.Text()); len(f) == 4 && f[0] == "#" && f[1] == "HeapInuse" {
+			v, _ := strconv.ParseFloat(f[3], 64)
 			return v / (1 << 20)
 		}
 	}

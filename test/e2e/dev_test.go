@@ -204,7 +204,9 @@ func TestDevTourWithKubectl(t *testing.T) {
 		s.mustKubectl(t, "get", "namespace", "keyward-system")
 		out := s.mustKubectl(t, "apply", "--dry-run=server", "-k", filepath.Join(root, "config", "default"))
 		for _, want := range []string{"deployment.apps/keyward-controller", "deployment.apps/keyward-authn",
-			"clusterrole.rbac.authorization.k8s.io/keyward-authn", "service/keyward-authn"} {
+			"clusterrole.rbac.authorization.k8s.io/keyward-authn", "service/keyward-authn",
+			"service/keyward-authn-metrics", "service/keyward-controller-metrics", "clusterrole.rbac.authorization.k8s.io/keyward-metrics-reader",
+			"networkpolicy.networking.k8s.io/keyward-authn", "networkpolicy.networking.k8s.io/keyward-controller"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("dry run does not mention %s:\n%s", want, out)
 			}

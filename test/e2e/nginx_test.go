@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"io"
@@ -226,13 +227,33 @@ func TestNginxGateway(t *testing.T) {
 		}
 	})
 
-	t.Run("metrics count decisions by reason", func(t *testing.T) {
-		resp, err := http.Get("http://127.0.0.1:8080/metrics")
+	t.Run("metrics count decisions by reason, for the banner's reader token only", func(t *testing.T) {
+		// As the banner says: curl -sk -H "Authorization: Bearer $(cat <dir>/metrics-reader.token)" https://127.0.0.1:8082/metrics
+		token, err := os.ReadFile(filepath.Join(s.dir, "metrics-reader.token"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // self-signed
+		get := func(auth string) (int, []byte) {
+			req, _ := http.NewRequest("GET", "https://127.0.0.1:8082/metrics", nil)
+			if auth != "" {
+				req.Header.Set("Authorization", "Bearer "+auth)
+			}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, b
+		}
+		if code, _ := get(""); code != 401 {
+			t.Errorf("no token: %d, want 401", code)
+		}
+		code, b := get(string(token))
+		if code != 200 {
+			t.Fatalf("the reader's token: %d %s", code, b)
+		}
 		for _, want := range []string{`keyward_authn_decisions_total{reason="allowed"}`, `keyward_authn_decisions_total{reason="insufficient_scope"}`,
 			"keyward_authn_decision_duration_seconds_bucket"} {
 			if !strings.Contains(string(b), want) {

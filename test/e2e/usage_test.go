@@ -23,7 +23,7 @@ type replica struct {
 	out             *testenv.Buffer
 }
 
-func (r *replica) metricsURL() string { return fmt.Sprintf("http://127.0.0.1:%d", r.base+2) }
+func (r *replica) metricsURL() string { return fmt.Sprintf("https://127.0.0.1:%d", r.base+2) }
 
 func (r *replica) start(t *testing.T) {
 	t.Helper()

@@ -45,6 +45,11 @@ var (
 	admin    client.Client
 	endpoint string
 	ix       = index.New()
+	// The metrics servers of the endpoint and the controller, and tokens
+	// of the controller's and a metrics reader's ServiceAccounts.
+	authnMetrics, ctrlMetrics    string
+	controllerToken, readerToken string
+	metricsDir                   string
 )
 
 func TestMain(m *testing.M) {
@@ -105,20 +110,31 @@ func run(m *testing.M) int {
 	if err != nil {
 		return fail(err)
 	}
+	controllerToken = ctrlCfg.BearerToken
+	metricsDir = dir
+	if err := app.MetricsReader(ctx, cfg, filepath.Join(dir, "reader.token")); err != nil {
+		return fail(err)
+	}
+	tok, err := os.ReadFile(filepath.Join(dir, "reader.token"))
+	if err != nil {
+		return fail(err)
+	}
+	readerToken = string(tok)
 	addr, health := freeAddr(), freeAddr()
+	authnMetrics, ctrlMetrics = freeAddr(), freeAddr()
 	done := make(chan error, 2)
 	go func() {
 		done <- app.RunController(ctx, ctrlCfg, app.ControllerOptions{EndpointURL: "http://example.test",
-			MetricsAddr: "0", HealthAddr: "0", Logger: logging.New(io.Discard, 0)})
+			MetricsAddr: ctrlMetrics, HealthAddr: "0", Logger: logging.New(io.Discard, 0)})
 	}()
 	go func() {
 		done <- app.RunAuthn(ctx, authnCfg, app.AuthnOptions{HTTPAddr: addr, GRPCAddr: freeAddr(), HealthAddr: health,
-			Logger: logging.New(io.Discard, 0), Index: ix})
+			MetricsAddr: authnMetrics, Logger: logging.New(io.Discard, 0), Index: ix})
 	}()
 	endpoint = "http://" + addr
 	defer func() { cancel(); <-done; <-done }()
 	deadline := time.Now().Add(30 * time.Second)
-	for !ready(health) {
+	for !ready(health) || !listening(authnMetrics) || !listening(ctrlMetrics) {
 		if time.Now().After(deadline) {
 			return fail(fmt.Errorf("the endpoint never became ready"))
 		}
@@ -134,6 +150,15 @@ func ready(health string) bool {
 	}
 	resp.Body.Close()
 	return resp.StatusCode == 200
+}
+
+func listening(addr string) bool {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 func freeAddr() string {
