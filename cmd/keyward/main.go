@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"keyward.dev/keyward/controllers"
+	stdlog "log"
 	"os"
 	"os/signal"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
 
+	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
 
@@ -104,6 +106,10 @@ func clusterFlags(fs *flag.FlagSet) func() (logr.Logger, *rest.Config, error) {
 	return func() (logr.Logger, *rest.Config, error) {
 		log := logging.New(os.Stderr, *v)
 		ctrl.SetLogger(log)
+		// client-go logs through klog, the standard library through log:
+		// both go through the same redacting, verbosity-capped logger.
+		klog.SetLogger(log)
+		stdlog.SetOutput(logging.RedactingWriter(os.Stderr))
 		if *kubeconfig != "" {
 			os.Setenv("KUBECONFIG", *kubeconfig)
 		}
@@ -140,6 +146,7 @@ func authnMode(ctx context.Context, args []string) error {
 	fs.StringVar(&o.HealthAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	fs.BoolVar(&o.AllowQueryKeys, "allow-query-keys", true, "accept keys in the query string (_auth_key, _api_auth); answers carry a Warning")
 	fs.StringVar(&o.PprofAddr, "pprof-bind-address", "", "address of /debug/pprof/ (no authentication: localhost only); empty turns it off")
+	fs.DurationVar(&o.MaxStaleness, "max-staleness", 0, "fail checks closed (503 stale) and readiness after the index has not heard from the API server for this long; 0 (default) keeps serving the last known keys through an outage, at the cost of late revocations")
 	fs.IntVar(&o.Limits.MaxConns, "max-connections", serve.DefaultMaxConns, "open connections per check port; more are refused")
 	fs.IntVar(&o.Limits.MaxInFlight, "max-grpc-in-flight", serve.DefaultMaxInFlight, "gRPC checks answered at once; more get RESOURCE_EXHAUSTED")
 	fs.DurationVar(&o.Limits.IdleTimeout, "idle-timeout", serve.DefaultIdleTimeout, "close an idle keep-alive HTTP connection after this (set the gateway's upstream keep-alive lower)")

@@ -55,6 +55,10 @@ type AuthnOptions struct {
 	// PerKeyMetrics exports keyward_apikey_checks_total with one series per
 	// key and decision; large installations may turn it off.
 	PerKeyMetrics bool
+	// MaxStaleness, when set, fails checks closed (503 stale) and
+	// readiness once the index has not heard from the API server for this
+	// long; 0 serves from the last known state through an outage.
+	MaxStaleness time.Duration
 	// Limits bound what clients can hold (connections, checks in flight,
 	// idle time, message sizes); zero fields take serve's defaults.
 	Limits serve.Limits
@@ -105,6 +109,13 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 	if err := registerOnce(contested); err != nil {
 		return err
 	}
+	staleness := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keyward_authn_index_staleness_seconds",
+		Help: "How long the index may have missed changes: 0 while every watch is open, else the time since the least current watch last heard from the API server.",
+	}, func() float64 { return ix.Staleness(time.Now()).Seconds() })
+	if err := registerOnce(staleness); err != nil {
+		return err
+	}
 	if o.PerKeyMetrics {
 		if err := registerOnce(usage.NewMetrics(ix)); err != nil {
 			return err
@@ -136,8 +147,12 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 		return err
 	}
 	if err := mgr.AddReadyzCheck("keys-loaded", func(*http.Request) error {
-		if !ix.Synced() {
+		switch {
+		case !ix.Synced():
 			return errors.New("keys not loaded yet")
+		case ix.Stale():
+			return fmt.Errorf("no word from the API server for %s (--max-staleness %s)",
+				ix.Staleness(time.Now()).Round(time.Second), o.MaxStaleness)
 		}
 		return nil
 	}); err != nil {
@@ -160,6 +175,21 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 			debug.FreeOSMemory()
 			<-ctx.Done()
 			return nil
+		}),
+		leaderless(func(ctx context.Context) error {
+			if o.MaxStaleness <= 0 {
+				return nil
+			}
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case now := <-t.C:
+					ix.CheckStaleness(now, o.MaxStaleness)
+				}
+			}
 		}),
 		leaderless(func(ctx context.Context) error { return serveHTTP(ctx, o.HTTPAddr, s) }),
 		leaderless(func(ctx context.Context) error { return serveGRPC(ctx, o.GRPCAddr, s) }),

@@ -55,21 +55,24 @@ func freeAddr(t testing.TB) string {
 }
 
 // endpoint is a running auth endpoint.
-type endpoint struct{ url string }
+type endpoint struct{ url, health string }
 
 // startEndpoint runs the auth endpoint with the given identity until the
 // test ends, and waits until it is ready.
 func startEndpoint(t testing.TB, c *rest.Config, namespaces ...string) *endpoint {
 	t.Helper()
+	return startEndpointWith(t, c, AuthnOptions{Namespaces: namespaces})
+}
+
+// startEndpointWith is startEndpoint with more options.
+func startEndpointWith(t testing.TB, c *rest.Config, o AuthnOptions) *endpoint {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	httpAddr, health := freeAddr(t), freeAddr(t)
+	o.HTTPAddr, o.GRPCAddr, o.HealthAddr = httpAddr, freeAddr(t), health
+	o.AllowQueryKeys, o.Logger = true, logging.New(io.Discard, 0)
 	done := make(chan error, 1)
-	go func() {
-		done <- RunAuthn(ctx, c, AuthnOptions{
-			HTTPAddr: httpAddr, GRPCAddr: freeAddr(t), HealthAddr: health,
-			AllowQueryKeys: true, Namespaces: namespaces, Logger: logging.New(io.Discard, 0),
-		})
-	}()
+	go func() { done <- RunAuthn(ctx, c, o) }()
 	t.Cleanup(func() { cancel(); <-done })
 	eventually(t, 20*time.Second, "the endpoint to be ready", func() bool {
 		resp, err := http.Get("http://" + health + "/readyz")
@@ -79,7 +82,7 @@ func startEndpoint(t testing.TB, c *rest.Config, namespaces ...string) *endpoint
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
-	return &endpoint{url: "http://" + httpAddr}
+	return &endpoint{url: "http://" + httpAddr, health: "http://" + health}
 }
 
 // startController runs the controller for the test's namespace.
@@ -274,6 +277,39 @@ func TestEndpointServesWhileAPIServerIsDown(t *testing.T) {
 	if code := e.check(t, tokens["steady"], ""); code != 200 {
 		t.Fatalf("after the outage a good key got %d", code)
 	}
+}
+
+// With --max-staleness, an endpoint cut off from the API server for longer
+// fails closed: 503 stale and not ready, until the link is back.
+func TestMaxStalenessFailsClosedDuringAnOutage(t *testing.T) {
+	ns := namespace(t, "stale")
+	startController(t)
+	link := newLink(t, cfg.Host)
+	viaLink := rest.CopyConfig(cfg)
+	viaLink.Host = "https://" + link.addr
+	e := startEndpointWith(t, viaLink, AuthnOptions{Namespaces: []string{ns}, MaxStaleness: 2 * time.Second})
+	tok := issue(t, ns, "a")["a"]
+	eventually(t, 5*time.Second, "the key to verify", func() bool { return e.check(t, tok, "") == 200 })
+	// Quiet but connected is not stale.
+	time.Sleep(3 * time.Second)
+	if code := e.check(t, tok, ""); code != 200 {
+		t.Fatalf("connected and quiet for longer than the limit: %d", code)
+	}
+	link.cut()
+	cut := time.Now()
+	eventually(t, 10*time.Second, "checks to fail closed", func() bool { return e.check(t, tok, "") == 503 })
+	t.Logf("503 stale %s after the cut (limit 2s)", time.Since(cut).Round(100*time.Millisecond))
+	if took := time.Since(cut); took < 2*time.Second {
+		t.Errorf("stale after %s, before the 2s limit", took)
+	}
+	if resp, err := http.Get(e.health + "/readyz"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != 500 && resp.StatusCode != 503 {
+			t.Errorf("readiness while stale: %d", resp.StatusCode)
+		}
+	}
+	link.restore(t)
+	eventually(t, 60*time.Second, "checks to pass again once the link is back", func() bool { return e.check(t, tok, "") == 200 })
 }
 
 // link is a TCP proxy to the API server that can be cut and restored, as a

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"keyward.dev/keyward/internal/index"
@@ -129,6 +130,8 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	log := logging.New(logFile, o.Verbosity)
+	// client-go's klog goes into the same redacting, capped log.
+	klog.SetLogger(log.WithName("client-go"))
 	ix := index.New()
 	replica := ReplicaName()
 	done := make(chan error, 2)

@@ -25,6 +25,9 @@ const (
 	ReasonNotReady             = "not_ready"
 	ReasonMalformedRequest     = "malformed_request"
 	ReasonTooManyScopes        = "too_many_scopes"
+	// ReasonStale: the endpoint has not heard from the API server for
+	// longer than --max-staleness and fails closed.
+	ReasonStale = "stale"
 	// ReasonInternalError answers a check whose handler failed (a bug);
 	// the process keeps serving.
 	ReasonInternalError = "internal_error"
@@ -52,6 +55,8 @@ var (
 		Message: "the API key is not valid"}
 	archived = Verdict{Code: http.StatusUnauthorized, Reason: ReasonArchived,
 		Message: "the API key was archived and no longer works"}
+	stale = Verdict{Code: http.StatusServiceUnavailable, Reason: ReasonStale,
+		Message: "keyward has lost touch with the Kubernetes API server for too long to vouch for any key; retry shortly"}
 	tooManyScopes = Verdict{Code: http.StatusBadRequest, Reason: ReasonTooManyScopes,
 		Message: fmt.Sprintf("the request requires more than %d scopes; a route may require at most %d", MaxRequiredScopes, MaxRequiredScopes)}
 	expired = Verdict{Code: http.StatusUnauthorized, Reason: ReasonExpired,
@@ -76,6 +81,9 @@ type Decider struct {
 func (d *Decider) Decide(c Credentials, required Scopes, now time.Time) Verdict {
 	if !d.Index.Synced() {
 		return notReady
+	}
+	if d.Index.Stale() {
+		return stale
 	}
 	if required.tooMany() {
 		return tooManyScopes

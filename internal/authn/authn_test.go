@@ -187,6 +187,29 @@ func TestTooManyRequiredScopes(t *testing.T) {
 	}
 }
 
+// With a staleness limit, an index that has not heard from the API server
+// for longer answers 503 stale (fails closed) until it has again.
+func TestStaleIndexAnswers503(t *testing.T) {
+	f := newFixture(t)
+	k := f.add(t, "reader", index.ApiKey{Scopes: []string{"occupancy:read"}})
+	w := f.ix.NewFreshness(f.now)
+	w.Closed(f.now)
+	cred := Credentials{ID: k.ID, Secret: k.Secret}
+	f.ix.CheckStaleness(f.now.Add(time.Minute), 2*time.Minute)
+	if v := f.d.Decide(cred, nil, f.now); !v.Allowed {
+		t.Fatalf("within the limit: %s", v.Reason)
+	}
+	f.ix.CheckStaleness(f.now.Add(3*time.Minute), 2*time.Minute)
+	if v := f.d.Decide(cred, nil, f.now); v.Code != 503 || v.Reason != ReasonStale || v.Message == "" {
+		t.Fatalf("past the limit: %d %s", v.Code, v.Reason)
+	}
+	w.Opened(f.now.Add(3 * time.Minute))
+	f.ix.CheckStaleness(f.now.Add(3*time.Minute), 2*time.Minute)
+	if v := f.d.Decide(cred, nil, f.now); !v.Allowed {
+		t.Fatalf("after the watch is back: %s", v.Reason)
+	}
+}
+
 func TestNotReadyUntilSynced(t *testing.T) {
 	d := &Decider{Index: index.New()}
 	if v := d.Decide(Credentials{Reason: ReasonMissingKey}, nil, time.Now()); v.Code != 503 || v.Reason != ReasonNotReady {

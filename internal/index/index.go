@@ -201,6 +201,10 @@ type Index struct {
 	policies []kw.ApiKeyPolicy
 	nsLabels map[string]map[string]string
 
+	// freshness has one entry per watch (staleness.go).
+	freshness []*Freshness
+	stale     atomic.Bool
+
 	synced atomic.Bool
 	size   atomic.Int64
 	// writes counts slot writes, for tests of what republishes.

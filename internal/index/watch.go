@@ -66,6 +66,7 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 	}
 	for _, src := range sources {
 		st := &indexStore{ix: ix, kind: src.kind, namespace: src.ns, synced: make(chan struct{})}
+		fresh := ix.NewFreshness(time.Now())
 		lw := &toolscache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 				l := src.list()
@@ -78,6 +79,7 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 				if err := wc.List(ctx, l, &client.ListOptions{Raw: &o, Namespace: src.ns}); err != nil {
 					return nil, err
 				}
+				fresh.Heard(time.Now())
 				// The reflector keeps every page until the list is complete:
 				// keep only what the index reads of each object.
 				err := meta.EachListItem(l, func(o runtime.Object) error {
@@ -98,12 +100,7 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 				// each as it arrives.
 				// Bookmarks pass untouched: the one that ends the initial
 				// events says so in an annotation.
-				return watch.Filter(w, func(e watch.Event) (watch.Event, bool) {
-					if o, ok := e.Object.(client.Object); ok && e.Type != watch.Bookmark {
-						slimObject(o)
-					}
-					return e, true
-				}), nil
+				return liveWatch(w, fresh), nil
 			},
 		}
 		r := toolscache.NewReflectorWithOptions(lw, src.obj, st, toolscache.ReflectorOptions{
@@ -124,6 +121,45 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 	}
 	ix.MarkSynced()
 	return nil
+}
+
+// liveWatch passes a watch's events on, slims each object as it arrives,
+// and keeps fresh: open while the stream is, heard at every event and
+// bookmark (bookmarks pass untouched: the one that ends a streaming
+// initial list says so in an annotation).
+func liveWatch(w watch.Interface, fresh *Freshness) watch.Interface {
+	lw := &stampedWatch{in: w, out: make(chan watch.Event), done: make(chan struct{})}
+	fresh.Opened(time.Now())
+	go func() {
+		defer close(lw.out)
+		defer func() { fresh.Closed(time.Now()) }()
+		for e := range w.ResultChan() {
+			fresh.Heard(time.Now())
+			if o, ok := e.Object.(client.Object); ok && e.Type != watch.Bookmark {
+				slimObject(o)
+			}
+			select {
+			case lw.out <- e:
+			case <-lw.done:
+				return
+			}
+		}
+	}()
+	return lw
+}
+
+type stampedWatch struct {
+	in   watch.Interface
+	out  chan watch.Event
+	done chan struct{}
+	once sync.Once
+}
+
+func (w *stampedWatch) ResultChan() <-chan watch.Event { return w.out }
+
+func (w *stampedWatch) Stop() {
+	w.once.Do(func() { close(w.done) })
+	w.in.Stop()
 }
 
 // kind is what a reflector lists.

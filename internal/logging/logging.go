@@ -16,8 +16,17 @@ import (
 const MaxVerbosity = 5
 
 // New returns a JSON logger writing to w at the given verbosity (0 is
-// informational only), clamped to MaxVerbosity.
+// informational only), clamped to MaxVerbosity. Every line is redacted
+// (Redact) before it is written.
 func New(w io.Writer, verbosity int) logr.Logger {
+	return newLogger(RedactingWriter(w), verbosity)
+}
+
+// NewUnredacted is New without redaction. Only tests use it, to show that
+// the secret scans find what redaction would have hidden.
+func NewUnredacted(w io.Writer, verbosity int) logr.Logger { return newLogger(w, verbosity) }
+
+func newLogger(w io.Writer, verbosity int) logr.Logger {
 	verbosity = max(0, min(verbosity, MaxVerbosity))
 	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
 	core := zapcore.NewCore(enc, zapcore.AddSync(w), zapcore.Level(-verbosity))

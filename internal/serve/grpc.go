@@ -120,6 +120,9 @@ func (a *Authorization) Check(_ context.Context, req *authv3.CheckRequest) (*aut
 	}
 	v := s.Decider.Decide(authn.Extract(headers, rawQuery, s.AllowQueryKeys), required, start)
 	s.Metrics.Observe(v, start)
+	if s.Log.V(2).Enabled() {
+		s.logDecision("grpc", v, httpReq.GetMethod(), httpReq.GetPath())
+	}
 	return checkResponse(v, s.StripCredentials), nil
 }
 

@@ -266,9 +266,16 @@ func (s *Server) forwardAuth(ctx *fasthttp.RequestCtx, query string) {
 	s.write(&ctx.Response, v)
 	s.Metrics.Observe(v, start)
 	if s.Log.V(2).Enabled() {
-		s.Log.V(2).Info("decision", "reason", v.Reason, "keyId", keyID(v),
-			"method", string(ctx.Method()), "uri", authn.RedactURI(origURI))
+		s.logDecision("forward auth", v, string(ctx.Method()), origURI)
 	}
+}
+
+// logDecision logs a verdict at V(2): the reason, the key ID (public) and
+// the request's method and URI with the key parameters' values replaced
+// (the logger redacts anything else shaped like a key).
+func (s *Server) logDecision(iface string, v authn.Verdict, method, uri string) {
+	s.Log.V(2).Info("decision", "interface", iface, "reason", v.Reason, "keyId", keyID(v),
+		"method", method, "uri", authn.RedactURI(uri))
 }
 
 func keyID(v authn.Verdict) string {

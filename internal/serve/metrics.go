@@ -38,7 +38,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{authn.ReasonAllowed, authn.ReasonMissingKey, authn.ReasonMalformedKey,
 		authn.ReasonInvalidKey, authn.ReasonArchived, authn.ReasonExpired, authn.ReasonInsufficientScope,
 		authn.ReasonAmbiguousCredentials, authn.ReasonNotReady, authn.ReasonMalformedRequest,
-		authn.ReasonTooManyScopes, authn.ReasonInternalError} {
+		authn.ReasonTooManyScopes, authn.ReasonInternalError, authn.ReasonStale} {
 		m.byReason[r] = decisions.WithLabelValues(r)
 	}
 	return m

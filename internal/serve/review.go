@@ -151,6 +151,9 @@ func (s *Server) review(ctx *fasthttp.RequestCtx) {
 	}
 	_ = json.NewEncoder(ctx).Encode(out)
 	s.Metrics.Observe(v, start)
+	if s.Log.V(2).Enabled() {
+		s.logDecision("review", v, req.Method, req.Path)
+	}
 }
 
 func writeReviewError(ctx *fasthttp.RequestCtx, code int, msg string) {

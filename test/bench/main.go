@@ -229,11 +229,65 @@ func run() error {
 	report("keyward ext_authz Check (median round)", fmt.Sprintf("%.0f checks/s", medianOf(gk)), "")
 	report("gRPC Check / no-op", ratioText(grpcRatios), "target ≥ 70%")
 	report("endpoint peak memory", fmt.Sprintf("%.1f MiB", hwmMiB(authn.Process.Pid)), "VmHWM after all runs")
+	if err := hostileLoad(kwT.url, tokFile, authn.Process.Pid); err != nil {
+		return err
+	}
 
 	fmt.Println("\n| measure | result | note |\n|---|---|---|")
 	for _, r := range results {
 		fmt.Printf("| %s | %s | %s |\n", r.name, r.value, r.note)
 	}
+	return nil
+}
+
+// hostileLoad measures valid-key traffic alone, then beside 5,000 idle
+// keep-alive connections, 200 connections that never finish their headers
+// and a flood of invalid keys, and the endpoint's memory for it.
+func hostileLoad(url, tokFile string, pid int) error {
+	const idleN, slowN, floodRate = 5000, 200, 5000
+	say("hostile load: %d rounds of valid keys alone, then beside %d idle connections, %d slow-header connections and %d invalid keys/s",
+		*rounds, idleN, slowN, floodRate)
+	var quiet []wrkResult
+	for range *rounds {
+		r, err := wrk(url, tokFile, pid)
+		if err != nil {
+			return err
+		}
+		quiet = append(quiet, r)
+	}
+	settle()
+	before := rssMiB(pid)
+	h := newHostile(strings.TrimPrefix(url, "http://"))
+	defer h.close()
+	if err := h.openIdle(idleN); err != nil {
+		return err
+	}
+	settle()
+	withIdle := rssMiB(pid)
+	h.slowHeaders(slowN)
+	settle()
+	withSlow := rssMiB(pid)
+	h.flood(floodRate)
+	var under []wrkResult
+	for range *rounds {
+		r, err := wrk(url, tokFile, pid)
+		if err != nil {
+			return err
+		}
+		if r.non2xx > 0 {
+			return fmt.Errorf("under hostile load %d valid checks were not answered 200", r.non2xx)
+		}
+		under = append(under, r)
+	}
+	q, u := median(quiet), median(under)
+	report("valid checks alone (median round)", fmt.Sprintf("%.0f req/s", q.rps), "p99 "+q.p99)
+	report("valid checks under hostile load (median round)", fmt.Sprintf("%.0f req/s", u.rps),
+		fmt.Sprintf("p99 %s; %d idle + %d slow-header connections, %d invalid keys sent (%d slow connections reopened)",
+			u.p99, idleN, slowN, h.flooded.Load(), h.slowNew.Load()-int64(slowN)))
+	report("under hostile load / alone", fmt.Sprintf("%.0f%%", 100*u.rps/q.rps), "target ≥ 80%")
+	report("memory per idle connection", fmt.Sprintf("%.1f KiB", (withIdle-before)*1024/idleN), fmt.Sprintf("RSS %.1f → %.1f MiB with %d open; target < 10 KiB", before, withIdle, idleN))
+	report("memory per slow-header connection", fmt.Sprintf("%.1f KiB", (withSlow-withIdle)*1024/slowN), fmt.Sprintf("RSS %.1f MiB with %d more; target < 10 KiB", withSlow, slowN))
+	report("endpoint peak memory under hostile load", fmt.Sprintf("%.1f MiB", hwmMiB(pid)), "VmHWM; shipped limit 256 MiB")
 	return nil
 }
 

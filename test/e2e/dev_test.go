@@ -8,12 +8,14 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +26,7 @@ import (
 
 	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/controllers"
+	"keyward.dev/keyward/internal/keys"
 	"keyward.dev/keyward/internal/testenv"
 )
 
@@ -38,6 +41,10 @@ type system struct {
 	c          client.Client
 	bin        string
 	exited     chan struct{}
+	// seen holds the secret of every key the system issued while it ran
+	// (secret → key ID), for the secret scan of the logs.
+	seenMu sync.Mutex
+	seen   map[string]string
 }
 
 func buildKeyward(t *testing.T) string {
@@ -68,13 +75,22 @@ func startDev(t *testing.T, bin string, args ...string) *system {
 	t.Helper()
 	s := &system{dir: t.TempDir(), out: &testenv.Buffer{}, bin: bin}
 	s.kubeconfig = filepath.Join(s.dir, "kubeconfig")
-	s.cmd = exec.Command(bin, append([]string{"dev", "--assets", assets(t), "--dir", s.dir, "--config", filepath.Join(root, "config")}, args...)...)
+	s.cmd = exec.Command(bin, append([]string{"dev", "--assets", assets(t), "--dir", s.dir, "--config", filepath.Join(root, "config"),
+		// The most verbose log keyward writes, for the secret scan.
+		"-v", "5"}, args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	collecting, stopCollecting := context.WithCancel(context.Background())
+	collected := make(chan struct{})
 	t.Cleanup(func() {
+		// Every key this system issued while it ran, for the scan of every
+		// log the test wrote, once it has stopped.
+		stopCollecting()
+		<-collected
+		defer s.scanLogs(t)
 		select {
 		case <-s.exited:
 		default:
@@ -119,7 +135,87 @@ func startDev(t *testing.T, bin string, args ...string) *system {
 	if err != nil {
 		t.Fatal(err)
 	}
+	go func() {
+		defer close(collected)
+		for {
+			s.collectSecrets()
+			select {
+			case <-collecting.Done():
+				return
+			case <-s.exited:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
 	return s
+}
+
+// collectSecrets remembers the secret part of every keyward token in any
+// Secret of the cluster now, current and previous keys alike.
+func (s *system) collectSecrets() {
+	var list corev1.SecretList
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if s.c.List(ctx, &list) != nil {
+		return
+	}
+	s.seenMu.Lock()
+	defer s.seenMu.Unlock()
+	if s.seen == nil {
+		s.seen = map[string]string{}
+	}
+	for _, sec := range list.Items {
+		for _, v := range sec.Data {
+			for _, f := range strings.Fields(strings.NewReplacer(",", " ", "\"", " ").Replace(string(v))) {
+				if id, secret, err := keys.Parse(f); err == nil {
+					s.seen[secret] = id
+				}
+			}
+		}
+	}
+}
+
+// scanLogs fails the test when a key's secret appears in any file under
+// the test's temporary folders (keyward dev's keyward.log, the
+// kube-controller-manager log, nginx's logs and configuration) or in what
+// keyward dev printed.
+func (s *system) scanLogs(t *testing.T) {
+	t.Helper()
+	s.seenMu.Lock()
+	secrets := s.seen
+	s.seenMu.Unlock()
+	if len(secrets) == 0 {
+		t.Error("secret scan: no keys were collected, so the scan of the logs would prove nothing")
+		return
+	}
+	texts := map[string]string{"keyward dev's output": s.out.String()}
+	root := filepath.Dir(s.dir)
+	_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		// Logs and configuration, not binaries (the keyward the test built
+		// sits here too).
+		if info, err := d.Info(); err == nil && info.Mode().IsRegular() && info.Mode().Perm()&0o111 == 0 && info.Size() < 256<<20 {
+			if b, err := os.ReadFile(path); err == nil {
+				texts[path] = string(b)
+			}
+		}
+		return nil
+	})
+	scanned := 0
+	for name, text := range texts {
+		scanned += len(text)
+		for secret, id := range secrets {
+			if strings.Contains(text, secret) {
+				t.Errorf("secret scan: the secret of key %s is in %s", id, name)
+			}
+		}
+	}
+	if !t.Failed() {
+		t.Logf("secret scan: none of %d keys' secrets in %d files, %d bytes", len(secrets), len(texts), scanned)
+	}
 }
 
 func tail(s string, n int) string {
