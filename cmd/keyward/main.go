@@ -11,6 +11,7 @@ import (
 	"io"
 	"keyward.dev/keyward/controllers"
 	stdlog "log"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
@@ -110,6 +112,14 @@ func clusterFlags(fs *flag.FlagSet) func() (logr.Logger, *rest.Config, error) {
 		// both go through the same redacting, verbosity-capped logger.
 		klog.SetLogger(log)
 		stdlog.SetOutput(logging.RedactingWriter(os.Stderr))
+		// The garbage collector works against the container's memory limit
+		// (90 % of the cgroup's), not only against twice the live heap: a
+		// burst near the limit is collected rather than killed. GOMEMLIMIT,
+		// when set, wins.
+		if limit, err := memlimit.Set(memlimit.WithRatio(0.9), memlimit.WithProvider(memlimit.FromCgroup)); err == nil &&
+			limit < math.MaxInt64 {
+			log.Info("memory limit from the container", "GOMEMLIMIT", limit)
+		}
 		if *kubeconfig != "" {
 			os.Setenv("KUBECONFIG", *kubeconfig)
 		}
@@ -149,6 +159,7 @@ func authnMode(ctx context.Context, args []string) error {
 	fs.DurationVar(&o.MaxStaleness, "max-staleness", 0, "fail checks closed (503 stale) and readiness after the index has not heard from the API server for this long; 0 (default) keeps serving the last known keys through an outage, at the cost of late revocations")
 	fs.IntVar(&o.Limits.MaxConns, "max-connections", serve.DefaultMaxConns, "open connections per check port; more are refused")
 	fs.IntVar(&o.Limits.MaxInFlight, "max-grpc-in-flight", serve.DefaultMaxInFlight, "gRPC checks answered at once; more get RESOURCE_EXHAUSTED")
+	fs.IntVar(&o.Limits.MaxHeaderBytes, "max-header-bytes", serve.DefaultMaxHeaderBytes, "largest request line and headers read (431 beyond); also the buffer a connection holds while its headers arrive")
 	fs.DurationVar(&o.Limits.IdleTimeout, "idle-timeout", serve.DefaultIdleTimeout, "close an idle keep-alive HTTP connection after this (set the gateway's upstream keep-alive lower)")
 	fs.BoolVar(&o.StripCredentials, "strip-credentials", true, "ask Envoy (gRPC ext_authz) to remove the key before the request goes upstream")
 	fs.BoolVar(&o.PerKeyMetrics, "per-key-metrics", true, "export keyward_apikey_checks_total with namespace, name and key_id labels (one series per key and decision); turn off for very many keys")

@@ -100,6 +100,10 @@ func TestBadCredentialsAreRefusedWithTheirReason(t *testing.T) {
 		"x-api-key twice":           {hdr("x-api-key", a.Token(), "x-api-key", b.Token()), "", true, ReasonAmbiguousCredentials},
 		"same x-api-key twice":      {hdr("x-api-key", a.Token(), "X-Api-Key", a.Token()), "", true, ReasonAmbiguousCredentials},
 		"authorization twice":       {hdr("Authorization", "Bearer "+a.Token(), "Authorization", "Bearer "+b.Token()), "", true, ReasonAmbiguousCredentials},
+		"_auth_key twice":           {hdr(), "_auth_key=" + a.Token() + "&_auth_key=" + a.Token(), true, ReasonAmbiguousCredentials},
+		"_auth_key and _api_auth":   {hdr(), "_auth_key=" + a.Token() + "&_api_auth=" + a.Token(), true, ReasonAmbiguousCredentials},
+		"name encoded past the _":   {hdr(), "_%61uth_key=" + a.Token(), true, ReasonMalformedKey},
+		"bad escape in the value":   {hdr(), "_auth_key=%zz", true, ReasonMalformedKey},
 		"x-api-auth and empty twin": {hdr("x-api-auth", a.Token(), "x-api-auth", ""), "", true, ReasonAmbiguousCredentials},
 	} {
 		c := Extract(HTTPHeader(tc.h), tc.query, tc.allowQ)

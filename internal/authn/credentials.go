@@ -131,27 +131,41 @@ func Extract(h Headers, rawQuery string, allowQuery bool) Credentials {
 			return found
 		}
 	}
-	queryKey := false
-	if mayCarryKey(rawQuery) {
-		q, err := url.ParseQuery(rawQuery)
-		for _, p := range QueryParams {
-			for _, v := range q[p] {
-				if v == "" {
-					continue
-				}
-				queryKey = true
-				if !allowQuery {
-					continue
-				}
-				c := fromToken(v)
-				c.Query = true
-				if !take(c) {
-					return found
-				}
-			}
+	queryKey, inQuery := false, 0
+	for q := rawQuery; q != "" && mayCarryKey(q); {
+		var pair string
+		pair, q, _ = strings.Cut(q, "&")
+		rawName, rawVal, _ := strings.Cut(pair, "=")
+		name, err := url.QueryUnescape(rawName)
+		if err != nil || !IsQueryParam(name) {
+			continue
 		}
-		if err != nil && n == 0 && allowQuery {
-			return Credentials{Reason: ReasonMalformedKey, Message: "the query string cannot be parsed"}
+		// The gateways strip key parameters by their literal names (an
+		// underscore may come as %5F): a name encoded any other way would
+		// be read here and forwarded upstream there.
+		if underscores.Replace(rawName) != name {
+			return Credentials{Reason: ReasonMalformedKey,
+				Message: "percent-encode nothing in " + name + " but its underscores"}
+		}
+		v, err := url.QueryUnescape(rawVal)
+		if err != nil {
+			return Credentials{Reason: ReasonMalformedKey, Message: "the value of " + name + " is not valid percent-encoding"}
+		}
+		if v == "" {
+			continue
+		}
+		queryKey = true
+		if !allowQuery {
+			continue
+		}
+		// One key parameter at most, as one credential header at most.
+		if inQuery++; inQuery > 1 {
+			return ambiguous
+		}
+		c := fromToken(v)
+		c.Query = true
+		if !take(c) {
+			return found
 		}
 	}
 	if n == 0 {
@@ -202,6 +216,8 @@ func fromAuthorization(v string) Credentials {
 		return unsupportedScheme
 	}
 }
+
+var underscores = strings.NewReplacer("%5F", "_", "%5f", "_")
 
 // mayCarryKey is a cheap test that a query string might hold a key
 // parameter (percent-encoded names included), before it is parsed.

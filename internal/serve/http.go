@@ -67,6 +67,10 @@ type Limits struct {
 	// MaxGRPCMessage bounds a CheckRequest (Envoy's headers, 60 KiB by
 	// default, and a body when with_request_body is set).
 	MaxGRPCMessage int
+	// MaxHeaderBytes bounds a request's line and headers, and is the read
+	// buffer a connection holds while its request arrives: a connection
+	// that never finishes its headers holds it until ReadTimeout.
+	MaxHeaderBytes int
 	// IdleTimeout closes an idle keep-alive HTTP connection; ReadTimeout
 	// bounds reading a whole request from its first byte (a slow client
 	// holds a connection no longer than this).
@@ -79,8 +83,11 @@ const (
 	DefaultMaxInFlight       = 1024
 	DefaultMaxStreamsPerConn = 256
 	DefaultMaxGRPCMessage    = 256 << 10
-	DefaultIdleTimeout       = 30 * time.Second
-	DefaultReadTimeout       = 5 * time.Second
+	// DefaultMaxHeaderBytes: nginx forwards the client's headers to
+	// auth_request, and its own default allows 4 × 8 KiB of them.
+	DefaultMaxHeaderBytes = 32 << 10
+	DefaultIdleTimeout    = 30 * time.Second
+	DefaultReadTimeout    = 5 * time.Second
 )
 
 func (l Limits) withDefaults() Limits {
@@ -93,6 +100,7 @@ func (l Limits) withDefaults() Limits {
 	def(&l.MaxInFlight, DefaultMaxInFlight)
 	def(&l.MaxStreamsPerConn, DefaultMaxStreamsPerConn)
 	def(&l.MaxGRPCMessage, DefaultMaxGRPCMessage)
+	def(&l.MaxHeaderBytes, DefaultMaxHeaderBytes)
 	if l.IdleTimeout <= 0 {
 		l.IdleTimeout = DefaultIdleTimeout
 	}
@@ -104,10 +112,6 @@ func (l Limits) withDefaults() Limits {
 
 // Limits of the HTTP interface.
 const (
-	// maxHeaderBytes bounds a request's line and headers: nginx forwards
-	// the client's headers to auth_request, and its own default allows
-	// 4 × 8 KiB of them.
-	maxHeaderBytes = 32 << 10
 	// maxBodyBytes bounds any body; /review takes at most maxReviewBytes,
 	// and forward auth maxForwardBodyBytes: the gateways send /authn no
 	// body (Envoy's HTTP ext_authz may, with with_request_body, and
@@ -150,7 +154,7 @@ func (s *Server) HTTPServer() *fasthttp.Server {
 		HeaderReceived:        bodyLimit,
 		NoDefaultServerHeader: true,
 		NoDefaultContentType:  true,
-		ReadBufferSize:        maxHeaderBytes,
+		ReadBufferSize:        l.MaxHeaderBytes,
 		MaxRequestBodySize:    maxBodyBytes,
 		Concurrency:           l.MaxConns,
 		ReduceMemoryUsage:     true,
@@ -397,7 +401,7 @@ func requestError(ctx *fasthttp.RequestCtx, err error) {
 			"the request body is too large: /authn takes at most 4 KiB (gateways send none), /review at most 64 KiB")
 	case errors.As(err, &small):
 		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, authn.ReasonMalformedRequest,
-			"the request line and headers are larger than 32 KiB")
+			"the request line and headers are larger than this endpoint reads (32 KiB unless --max-header-bytes says otherwise)")
 	default:
 		// Not err's text: a parser's error may quote the request, and
 		// with it a key.

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,59 +15,51 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"keyward.dev/keyward/internal/authn"
 )
 
-// nginxConf puts nginx with auth_request in front of an upstream: /api/
-// needs any valid key, /occupancy/ the scope occupancy:read, /devices/ the
-// scope devices:write. Denials answer with keyward's reason.
-const nginxConf = `
-worker_processes 1;
-error_log {{dir}}/error.log warn;
-pid {{dir}}/nginx.pid;
+// nginxConf is the nginx configuration of docs/gateways.md, as written
+// there, with the addresses of this test put in and wrapped in what a
+// standalone nginx needs (pid and temporary paths, an events block): the
+// documented configuration is the tested one. Its locations: /api/ needs
+// any valid key, /occupancy/ the scope occupancy:read, /devices/ the scope
+// devices:write.
+func nginxConf(t *testing.T, dir, listen, upstream, servers string) string {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join(root, "docs", "gateways.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, _ := strings.Cut(string(doc), "## nginx (`auth_request`)")
+	_, block, ok := strings.Cut(section, "```nginx\n")
+	block, _, closed := strings.Cut(block, "```")
+	if !ok || !closed {
+		t.Fatal("docs/gateways.md has no nginx block under its nginx section")
+	}
+	for _, r := range [][2]string{
+		{"server keyward-authn.keyward-system:8180;", servers},
+		{"listen 80;", "listen " + listen + ";"},
+		{"/var/log/nginx/access.log", filepath.Join(dir, "access.log")},
+		{"proxy_pass http://api;", "proxy_pass " + upstream + ";"},
+		{"proxy_pass http://occupancy;", "proxy_pass " + upstream + ";"},
+		{"proxy_pass http://devices;", "proxy_pass " + upstream + ";"},
+	} {
+		if strings.Count(block, r[0]) != 1 {
+			t.Fatalf("docs/gateways.md: the nginx block should hold %q once", r[0])
+		}
+		block = strings.Replace(block, r[0], r[1], 1)
+	}
+	return fmt.Sprintf(`worker_processes 1;
+error_log %[1]s/error.log warn;
+pid %[1]s/nginx.pid;
 events { worker_connections 256; }
 http {
-  access_log off;
-  client_body_temp_path {{dir}}/body; proxy_temp_path {{dir}}/proxy;
-  fastcgi_temp_path {{dir}}/fastcgi; uwsgi_temp_path {{dir}}/uwsgi; scgi_temp_path {{dir}}/scgi;
-
-  upstream keyward { {{keyward}} keepalive 16; }
-
-  server {
-    listen {{listen}};
-
-    location = /_keyward {
-      internal;
-      proxy_pass http://keyward/authn?scope=$keyward_scope;
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-URI $request_uri;
-      proxy_set_header X-Original-Method $request_method;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-
-    location @denied401 { default_type application/json; return 401 '{"allowed":false,"reason":"$keyward_reason"}'; }
-    location @denied403 { default_type application/json; return 403 '{"allowed":false,"reason":"$keyward_reason"}'; }
-
-    # $keyward_scope is set per location (a server-level set would run again
-    # in the auth subrequest and reset it).
-    auth_request /_keyward;
-    auth_request_set $keyward_reason $upstream_http_x_keyward_reason;
-    auth_request_set $keyward_key_id $upstream_http_x_keyward_key_id;
-    auth_request_set $keyward_key $upstream_http_x_keyward_key;
-    auth_request_set $keyward_scopes $upstream_http_x_keyward_scopes;
-    error_page 401 = @denied401;
-    error_page 403 = @denied403;
-    proxy_set_header X-Keyward-Key-Id $keyward_key_id;
-    proxy_set_header X-Keyward-Key $keyward_key;
-    proxy_set_header X-Keyward-Scopes $keyward_scopes;
-
-    location /api/       { set $keyward_scope ""; proxy_pass {{upstream}}; }
-    location /occupancy/ { set $keyward_scope occupancy:read; proxy_pass {{upstream}}; }
-    location /devices/   { set $keyward_scope devices:write; proxy_pass {{upstream}}; }
-  }
+  client_body_temp_path %[1]s/body; proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi; uwsgi_temp_path %[1]s/uwsgi; scgi_temp_path %[1]s/scgi;
+%[2]s}
+`, dir, block)
 }
-`
 
 func nginxBinary(t *testing.T) string {
 	t.Helper()
@@ -97,7 +90,7 @@ func startNginx(t *testing.T, upstream string, authn ...string) string {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	conf := strings.NewReplacer("{{dir}}", dir, "{{listen}}", addr, "{{upstream}}", upstream, "{{keyward}}", servers).Replace(nginxConf)
+	conf := nginxConf(t, dir, addr, upstream, servers)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -131,11 +124,21 @@ func startUpstream(t *testing.T) string {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
+		// What must not arrive: a credential, keyward's other headers.
+		var leaked []string
+		for _, h := range append(authn.CredentialHeaders[:], "X-Keyward-Reason", "X-Keyward-Required-Scopes") {
+			if r.Header.Get(h) != "" {
+				leaked = append(leaked, h)
+			}
+		}
 		_ = json.NewEncoder(w).Encode(map[string]string{
 			"upstream": "yes",
 			"keyId":    r.Header.Get("X-Keyward-Key-Id"),
 			"key":      r.Header.Get("X-Keyward-Key"),
 			"scopes":   r.Header.Get("X-Keyward-Scopes"),
+			"query":    r.URL.RawQuery,
+			"path":     r.URL.Path,
+			"leaked":   strings.Join(leaked, ","),
 		})
 	}))
 	t.Cleanup(srv.Close)
@@ -192,6 +195,45 @@ func TestNginxGateway(t *testing.T) {
 			if a.code != 200 || a.body["upstream"] != "yes" || a.body["keyId"] != id ||
 				a.body["key"] != "keyward-demo/occupancy-reader" || a.body["scopes"] != "occupancy:read" {
 				t.Errorf("%s: %d %v", name, a.code, a.body)
+			}
+		}
+	})
+
+	t.Run("the upstream gets keyward's identity, never the key or a forged identity", func(t *testing.T) {
+		for name, tc := range map[string]struct {
+			path, query string
+			headers     []string
+		}{
+			"headers cleared": {"/occupancy/floors", "", []string{"x-api-key", tok, "X-Keyward-Required-Scopes", "occupancy:read",
+				"X-Keyward-Reason", "allowed"}},
+			"forged identity": {"/occupancy/floors", "", []string{"Authorization", "Bearer " + tok, "X-Keyward-Key-Id", "victim0000000000",
+				"X-Keyward-Key", "other/victim", "X-Keyward-Scopes", "*"}},
+			"query key removed":       {"/api/x", "a=1&b=2", nil},
+			"encoded query key":       {"/api/x", "a=1", nil},
+			"query key alone":         {"/occupancy/floors", "", nil},
+			"query key in the middle": {"/api/x", "a=1&c=%20d", nil},
+		} {
+			target := tc.path
+			switch name {
+			case "query key removed":
+				target += "?a=1&_auth_key=" + tok + "&b=2"
+			case "encoded query key":
+				target += "?a=1&%5Fapi%5Fauth=" + tok
+			case "query key alone":
+				target += "?_auth_key=" + tok
+			case "query key in the middle":
+				target += "?a=1&_api_auth=" + tok + "&c=%20d"
+			}
+			a := call(t, gw+target, tc.headers...)
+			if a.code != 200 || a.body["keyId"] != id || a.body["key"] != "keyward-demo/occupancy-reader" ||
+				a.body["scopes"] != "occupancy:read" || a.body["leaked"] != "" {
+				t.Errorf("%s: %d %v", name, a.code, a.body)
+			}
+			if q, _ := a.body["query"].(string); strings.Contains(q, tok) || strings.Trim(q, "&") != tc.query {
+				t.Errorf("%s: upstream query %q, want %q", name, q, tc.query)
+			}
+			if p, _ := a.body["path"].(string); p != tc.path {
+				t.Errorf("%s: upstream path %q, want %q", name, p, tc.path)
 			}
 		}
 	})
