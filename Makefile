@@ -11,7 +11,7 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 KEYWARD        := $(BIN)/keyward
 export KUBEBUILDER_ASSETS := $(CONTROLPLANE)
 
-.PHONY: nginx wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
+.PHONY: nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
 all: build
 
 help: ## List the targets.
@@ -31,7 +31,13 @@ nginx: ## Install Debian's nginx, the gateway of the end-to-end tests, if it is 
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx >/dev/null; }
 
-tools: $(CONTROLLER_GEN) controlplane nginx
+caddy: ## Install Debian's Caddy, the second gateway of the end-to-end tests, if it is missing.
+	@command -v caddy >/dev/null || { \
+		echo ">> installing caddy from Debian's packages"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq caddy >/dev/null; }
+
+tools: $(CONTROLLER_GEN) controlplane nginx caddy
 
 ## --- generated code ------------------------------------------------------
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from markers.
@@ -60,7 +66,7 @@ run: build controlplane ## Run the whole system locally on the embedded control 
 	$(KEYWARD) dev --assets $(CONTROLPLANE) --dir $(BIN)/dev --config $(CURDIR)/config
 
 ## --- tests ---------------------------------------------------------------
-test: verify-generated controlplane nginx ## Run every test: generated-file check, unit, fuzz corpus, envtest.
+test: verify-generated controlplane nginx caddy ## Run every test: generated-file check, unit, fuzz corpus, envtest.
 	go vet ./...
 	go test -count=1 -timeout 12m ./...
 

@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// caddyConf is the Caddyfile of docs/gateways.md, as written there, with
+// this test's addresses put in and Caddy's admin endpoint off.
+func caddyConf(t *testing.T, listen, upstream string) string {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join(root, "docs", "gateways.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, _ := strings.Cut(string(doc), "## Caddy (`forward_auth`)")
+	_, block, ok := strings.Cut(section, "```caddyfile\n")
+	block, _, closed := strings.Cut(block, "```")
+	if !ok || !closed {
+		t.Fatal("docs/gateways.md has no caddyfile block under its Caddy section")
+	}
+	up := strings.TrimPrefix(upstream, "http://")
+	for _, r := range [][2]string{
+		{"forward_auth keyward-authn.keyward-system:8180", "forward_auth 127.0.0.1:8180"},
+		{":80 {", "http://" + listen + " {"},
+		{"reverse_proxy occupancy:8080", "reverse_proxy " + up},
+		{"reverse_proxy api:8080", "reverse_proxy " + up},
+	} {
+		if strings.Count(block, r[0]) != 1 {
+			t.Fatalf("docs/gateways.md: the Caddyfile should hold %q once", r[0])
+		}
+		block = strings.Replace(block, r[0], r[1], 1)
+	}
+	return "{\n\tadmin off\n}\n" + block
+}
+
+// startCaddy runs Debian's Caddy with the documented Caddyfile in front of
+// upstream until the test ends.
+func startCaddy(t *testing.T, upstream string) string {
+	t.Helper()
+	bin, err := exec.LookPath("caddy")
+	if err != nil {
+		t.Fatal("caddy is not installed: make caddy installs Debian's package")
+	}
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyConf(t, addr, upstream)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("caddy said:\n%s", tail(out.String(), 3000))
+		}
+	})
+	eventually(t, 10*time.Second, "caddy to listen", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return "http://" + addr
+}
+
+func TestCaddyGateway(t *testing.T) {
+	s := startDev(t, buildKeyward(t))
+	gw := startCaddy(t, startUpstream(t))
+	waitStates(t, s, "keyward-demo", 30*time.Second)
+	tok := s.secretValue(t, "keyward-demo", "occupancy-reader-apikey", "token")
+	id := s.secretValue(t, "keyward-demo", "occupancy-reader-apikey", "keyId")
+	agent := s.secretValue(t, "keyward-demo", "agent-activator-apikey", "token")
+
+	for name, tc := range map[string]struct {
+		path    string
+		headers []string
+	}{
+		"x-api-key":       {"/occupancy/floors", []string{"x-api-key", tok}},
+		"bearer":          {"/occupancy/floors", []string{"Authorization", "Bearer " + tok}},
+		"any valid key":   {"/api/x?a=1", []string{"x-auth-key", tok}},
+		"forged identity": {"/occupancy/floors", []string{"x-api-key", tok, "X-Keyward-Key-Id", "victim0000000000", "X-Keyward-Scopes", "*", "X-Keyward-Reason", "allowed"}},
+	} {
+		a := call(t, gw+tc.path, tc.headers...)
+		if a.code != 200 || a.body["keyId"] != id || a.body["key"] != "keyward-demo/occupancy-reader" ||
+			a.body["scopes"] != "occupancy:read" || a.body["leaked"] != "" {
+			t.Errorf("%s: %d %v", name, a.code, a.body)
+		}
+		if q, _ := a.body["query"].(string); strings.Contains(q, tok) {
+			t.Errorf("%s: the key reached the upstream in the query", name)
+		}
+	}
+	for name, tc := range map[string]struct {
+		path    string
+		headers []string
+		code    int
+		reason  string
+	}{
+		"no key":             {"/api/x", nil, 401, "missing_key"},
+		"junk":               {"/api/x", []string{"x-api-key", "let-me-in"}, 401, "malformed_key"},
+		"typo":               {"/occupancy/x", []string{"x-api-key", "kw_" + id + "_" + strings.Repeat("A", 49)}, 401, "malformed_key"},
+		"missing scope":      {"/occupancy/x", []string{"x-api-key", agent}, 403, "insufficient_scope"},
+		"key in the query":   {"/occupancy/x?_auth_key=" + tok, nil, 400, "malformed_request"},
+		"key in the query 2": {"/api/x?a=1&%5Fapi_auth=" + tok, nil, 400, "malformed_request"},
+	} {
+		a := call(t, gw+tc.path, tc.headers...)
+		if a.code != tc.code || a.body["reason"] != tc.reason || a.body["upstream"] != nil {
+			t.Errorf("%s: %d %v, want %d %s", name, a.code, a.body, tc.code, tc.reason)
+		}
+	}
+}
