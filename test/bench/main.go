@@ -265,7 +265,9 @@ func hostileLoad(url, tokFile string, pid int) error {
 		}
 		return rs, nil
 	}
-	busy := func(r wrkResult) string { return fmt.Sprintf("server CPU %.0f%%", 100*r.cpu.Seconds()/duration.Seconds()) }
+	busy := func(r wrkResult) string {
+		return fmt.Sprintf("server CPU %.0f%%", 100*r.cpu.Seconds()/duration.Seconds())
+	}
 	quiet, err := runs()
 	if err != nil {
 		return err

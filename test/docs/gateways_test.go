@@ -77,7 +77,7 @@ func TestEnvoyBootstrapIsValid(t *testing.T) {
 			}
 		}
 	}
-	
+
 	if len(authz) != 1 {
 		t.Fatalf("%d ext_authz filters, want 1", len(authz))
 	}
