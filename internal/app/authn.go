@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +16,8 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/netutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -59,6 +62,9 @@ type AuthnOptions struct {
 	// readiness once the index has not heard from the API server for this
 	// long; 0 serves from the last known state through an outage.
 	MaxStaleness time.Duration
+	// TLS, when set, serves both check ports over TLS (mutual with a
+	// client CA).
+	TLS TLSOptions
 	// Limits bound what clients can hold (connections, checks in flight,
 	// idle time, message sizes); zero fields take serve's defaults.
 	Limits serve.Limits
@@ -158,6 +164,17 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 	}); err != nil {
 		return err
 	}
+	var tc *tls.Config
+	if o.TLS.enabled() {
+		c, w, err := o.TLS.config()
+		if err != nil {
+			return err
+		}
+		tc = c
+		if err := mgr.Add(w); err != nil {
+			return err
+		}
+	}
 	for _, r := range []manager.Runnable{
 		leaderless(func(ctx context.Context) error {
 			// Until the first list completes, checks get 503 not_ready;
@@ -191,8 +208,8 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 				}
 			}
 		}),
-		leaderless(func(ctx context.Context) error { return serveHTTP(ctx, o.HTTPAddr, s) }),
-		leaderless(func(ctx context.Context) error { return serveGRPC(ctx, o.GRPCAddr, s) }),
+		leaderless(func(ctx context.Context) error { return serveHTTP(ctx, o.HTTPAddr, s, tc) }),
+		leaderless(func(ctx context.Context) error { return serveGRPC(ctx, o.GRPCAddr, s, tc) }),
 	} {
 		if err := mgr.Add(r); err != nil {
 			return err
@@ -221,11 +238,15 @@ func (leaderless) NeedLeaderElection() bool          { return false }
 // shutdownGrace bounds a server's graceful stop.
 const shutdownGrace = 5 * time.Second
 
-// serveHTTP serves forward auth and /review until ctx is done.
-func serveHTTP(ctx context.Context, addr string, s *serve.Server) error {
+// serveHTTP serves forward auth and /review until ctx is done, over TLS
+// when tc is set.
+func serveHTTP(ctx context.Context, addr string, s *serve.Server, tc *tls.Config) error {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	if tc != nil {
+		l = tls.NewListener(l, tc)
 	}
 	srv := s.HTTPServer()
 	errs := make(chan error, 1)
@@ -242,12 +263,16 @@ func serveHTTP(ctx context.Context, addr string, s *serve.Server) error {
 
 // serveGRPC serves Envoy's ext_authz until ctx is done; the listener caps
 // connections (gRPC has no such option of its own).
-func serveGRPC(ctx context.Context, addr string, s *serve.Server) error {
+func serveGRPC(ctx context.Context, addr string, s *serve.Server, tc *tls.Config) error {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	gs := s.GRPCServer()
+	var opts []grpc.ServerOption
+	if tc != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tc)))
+	}
+	gs := s.GRPCServer(opts...)
 	errs := make(chan error, 1)
 	go func() { errs <- gs.Serve(netutil.LimitListener(l, s.Limits.Conns())) }()
 	select {

@@ -55,7 +55,7 @@ func freeAddr(t testing.TB) string {
 }
 
 // endpoint is a running auth endpoint.
-type endpoint struct{ url, health string }
+type endpoint struct{ url, health, grpc string }
 
 // startEndpoint runs the auth endpoint with the given identity until the
 // test ends, and waits until it is ready.
@@ -69,7 +69,8 @@ func startEndpointWith(t testing.TB, c *rest.Config, o AuthnOptions) *endpoint {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	httpAddr, health := freeAddr(t), freeAddr(t)
-	o.HTTPAddr, o.GRPCAddr, o.HealthAddr = httpAddr, freeAddr(t), health
+	grpcAddr := freeAddr(t)
+	o.HTTPAddr, o.GRPCAddr, o.HealthAddr = httpAddr, grpcAddr, health
 	o.AllowQueryKeys, o.Logger = true, logging.New(io.Discard, 0)
 	done := make(chan error, 1)
 	go func() { done <- RunAuthn(ctx, c, o) }()
@@ -82,7 +83,7 @@ func startEndpointWith(t testing.TB, c *rest.Config, o AuthnOptions) *endpoint {
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
-	return &endpoint{url: "http://" + httpAddr, health: "http://" + health}
+	return &endpoint{url: "http://" + httpAddr, health: "http://" + health, grpc: grpcAddr}
 }
 
 // startController runs the controller for the test's namespace.

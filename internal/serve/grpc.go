@@ -67,10 +67,10 @@ var credentialHeaders = authn.LowerCredentialHeaders()
 // GRPCServer returns a gRPC server of Envoy's ext_authz service with the
 // limits of Limits: streams per connection, message size, keepalive pings
 // and checks in flight.
-func (s *Server) GRPCServer() *grpc.Server {
+func (s *Server) GRPCServer(extra ...grpc.ServerOption) *grpc.Server {
 	l := s.Limits.withDefaults()
 	inFlight := make(chan struct{}, l.MaxInFlight)
-	gs := grpc.NewServer(
+	gs := grpc.NewServer(append([]grpc.ServerOption{
 		grpc.MaxConcurrentStreams(uint32(l.MaxStreamsPerConn)),
 		grpc.MaxRecvMsgSize(l.MaxGRPCMessage),
 		// A client that pings more often than this is sent GOAWAY; idle
@@ -94,7 +94,7 @@ func (s *Server) GRPCServer() *grpc.Server {
 			}()
 			return next(ctx, req)
 		}),
-	)
+	}, extra...)...)
 	authv3.RegisterAuthorizationServer(gs, &Authorization{S: s})
 	return gs
 }

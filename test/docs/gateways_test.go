@@ -11,9 +11,11 @@ import (
 	"testing"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
@@ -158,5 +160,38 @@ func TestTraefikConfigurationIsComplete(t *testing.T) {
 		if i, j := slices.Index(r.Middlewares, fa), slices.Index(r.Middlewares, strip); i < 0 || j < i {
 			t.Errorf("router %s: %v should run %s, then %s", name, r.Middlewares, fa, strip)
 		}
+	}
+}
+
+// The TLS transport socket documented for the keyward cluster is valid on
+// Envoy's Cluster type.
+func TestEnvoyTLSTransportIsValid(t *testing.T) {
+	block(t, "Over TLS", "sh") // the section exists
+	doc, err := os.ReadFile(filepath.Join(testenv.Root(), "docs", "gateways.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(string(doc), "\n## Over TLS")
+	_, y, ok := strings.Cut(rest, "  ```yaml\n")
+	y, _, closed := strings.Cut(y, "  ```")
+	if !ok || !closed {
+		t.Fatal("no Envoy transport_socket block under Over TLS")
+	}
+	// The block is indented as a list item; make it a cluster.
+	y = "name: keyward\nconnect_timeout: 1s\n" + strings.ReplaceAll(y, "\n  ", "\n")[2:]
+	js, err := yaml.YAMLToJSON([]byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c clusterv3.Cluster
+	if err := protojson.Unmarshal(js, &c); err != nil {
+		t.Fatalf("Envoy would refuse the transport socket: %v", err)
+	}
+	if err := c.ValidateAll(); err != nil {
+		t.Fatalf("Envoy would refuse the transport socket: %v", err)
+	}
+	tc := &tlsv3.UpstreamTlsContext{}
+	if err := c.GetTransportSocket().GetTypedConfig().UnmarshalTo(tc); err != nil || len(tc.GetCommonTlsContext().GetTlsCertificates()) != 1 {
+		t.Fatalf("not an UpstreamTlsContext with a client certificate: %v", err)
 	}
 }
