@@ -26,6 +26,7 @@ import (
 
 	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/controllers"
+	"keyward.dev/keyward/internal/index"
 	"keyward.dev/keyward/internal/logging"
 	"keyward.dev/keyward/internal/manifests"
 	"keyward.dev/keyward/internal/testenv"
@@ -277,6 +278,48 @@ func TestEndpointServesWhileAPIServerIsDown(t *testing.T) {
 	eventually(t, 30*time.Second, "a key issued after the outage to verify", func() bool { return e.check(t, fresh["fresh"], "") == 200 })
 	if code := e.check(t, tokens["steady"], ""); code != 200 {
 		t.Fatalf("after the outage a good key got %d", code)
+	}
+}
+
+// A replica that starts with keys already there loads them page by page,
+// each page fed to the index as it comes, and a re-list after an outage
+// (paged too) drops what was deleted meanwhile.
+func TestIndexLoadsPageByPage(t *testing.T) {
+	defer func(n int64) { index.ListPageSize = n }(index.ListPageSize)
+	index.ListPageSize = 2
+	ns := namespace(t, "paged")
+	startController(t)
+	names := []string{"a", "b", "c", "d", "e"}
+	tokens := issue(t, ns, names...)
+	for _, n := range names {
+		eventually(t, 10*time.Second, "the record of "+n, func() bool {
+			return k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: n}, &kw.ApiKeyRecord{}) == nil
+		})
+	}
+	link := newLink(t, cfg.Host)
+	viaLink := rest.CopyConfig(cfg)
+	viaLink.Host = "https://" + link.addr
+	ix := index.New()
+	e := startEndpointWith(t, viaLink, AuthnOptions{Namespaces: []string{ns}, Index: ix})
+	for _, n := range names {
+		if code := e.check(t, tokens[n], ""); code != 200 {
+			t.Errorf("key %s loaded in the first list: %d", n, code)
+		}
+	}
+	if p := ix.ListPages(); p < 6 {
+		t.Errorf("%d list pages for 5 ApiKeys and 5 records in pages of 2, want at least 6", p)
+	}
+	link.cut()
+	if err := k8s.Delete(context.Background(), &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "c"}}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	link.restore(t)
+	eventually(t, 60*time.Second, "the key deleted during the outage to be refused", func() bool { return e.check(t, tokens["c"], "") == 401 })
+	for _, n := range []string{"a", "b", "d", "e"} {
+		if code := e.check(t, tokens[n], ""); code != 200 {
+			t.Errorf("key %s after the re-list: %d", n, code)
+		}
 	}
 }
 

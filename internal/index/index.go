@@ -204,6 +204,7 @@ type Index struct {
 	// freshness has one entry per watch (staleness.go).
 	freshness []*Freshness
 	stale     atomic.Bool
+	pages     atomic.Int64
 
 	synced atomic.Bool
 	size   atomic.Int64

@@ -76,19 +76,31 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 					// list comes from etcd page by page.
 					o.ResourceVersion = ""
 				}
-				if err := wc.List(ctx, l, &client.ListOptions{Raw: &o, Namespace: src.ns}); err != nil {
+				// Limit and Continue by name: controller-runtime writes its
+				// own (zero) ones over those of Raw, which silently turned
+				// every paged list into one response.
+				if err := wc.List(ctx, l, &client.ListOptions{Raw: &o, Namespace: src.ns,
+					Limit: o.Limit, Continue: o.Continue}); err != nil {
 					return nil, err
 				}
 				fresh.Heard(time.Now())
-				// The reflector keeps every page until the list is complete:
-				// keep only what the index reads of each object.
-				err := meta.EachListItem(l, func(o runtime.Object) error {
-					if co, ok := o.(client.Object); ok {
-						slimObject(co)
-					}
+				// Each page goes into the index as it arrives and leaves the
+				// list empty: the reflector's pager would otherwise hold
+				// every page until the last, and a replica starting with
+				// 100,000 keys would hold them all twice. What the list
+				// lacks is removed when the reflector hands over the
+				// (empty) whole (Replace).
+				if o.Continue == "" {
+					st.beginList()
+				}
+				if err := meta.EachListItem(l, func(o runtime.Object) error {
+					st.feed(o)
 					return nil
-				})
-				return l, err
+				}); err != nil {
+					return nil, err
+				}
+				ix.pages.Add(1)
+				return l, meta.SetList(l, nil)
 			},
 			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 				w, err := wc.Watch(ctx, src.list(), &client.ListOptions{Raw: &o, Namespace: src.ns})
@@ -103,12 +115,12 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 				return liveWatch(w, fresh), nil
 			},
 		}
-		r := toolscache.NewReflectorWithOptions(lw, src.obj, st, toolscache.ReflectorOptions{
+		r := toolscache.NewReflectorWithOptions(pagedListWatch{lw}, src.obj, st, toolscache.ReflectorOptions{
 			Name: fmt.Sprintf("keyward index %T %s", src.obj, src.ns),
 		})
 		// Pages of 500: a replica starting with 100,000 keys never holds
 		// the whole list as one response.
-		r.WatchListPageSize = 500
+		r.WatchListPageSize = ListPageSize
 		go r.RunWithContext(ctx)
 		pending = append(pending, st)
 	}
@@ -162,6 +174,22 @@ func (w *stampedWatch) Stop() {
 	w.in.Stop()
 }
 
+// ListPageSize is how many objects one list page holds (a variable for
+// tests, which list a handful of keys in several pages).
+var ListPageSize int64 = 500
+
+// ListPages is how many list pages the index has been fed.
+func (ix *Index) ListPages() int64 { return ix.pages.Load() }
+
+// pagedListWatch makes the reflector list page by page rather than stream
+// its initial list as watch events (watch-list): the streamed events are
+// gathered in a store of the reflector's own until the last, where pages
+// go straight into the index (ListWithContextFunc above).
+type pagedListWatch struct{ *toolscache.ListWatch }
+
+// IsWatchListSemanticsUnSupported tells the reflector not to use watch-list.
+func (pagedListWatch) IsWatchListSemanticsUnSupported() bool { return true }
+
 // kind is what a reflector lists.
 type kind int
 
@@ -180,6 +208,23 @@ type indexStore struct {
 	namespace string
 	synced    chan struct{}
 	once      sync.Once
+	// listed holds the names of what the current list has fed so far,
+	// until the reflector's Replace ends it (nil: no list under way).
+	listed map[types.NamespacedName]bool
+}
+
+// beginList starts a list: pages follow (feed), then Replace.
+func (s *indexStore) beginList() { s.listed = map[types.NamespacedName]bool{} }
+
+// feed takes one object of a list page into the index.
+func (s *indexStore) feed(o runtime.Object) {
+	if co, ok := o.(client.Object); ok {
+		slimObject(co)
+	}
+	s.set(o)
+	if s.listed != nil {
+		s.listed[nameOf(o)] = true
+	}
 }
 
 func (s *indexStore) Add(o any) error    { s.set(o); return nil }
@@ -201,14 +246,21 @@ func (s *indexStore) Delete(o any) error {
 	return nil
 }
 
-// Replace takes a full list: what it holds is set, what it lacks is gone.
+// Replace ends a list: what it (and the pages fed before it) holds is set,
+// what it lacks is gone.
 func (s *indexStore) Replace(list []any, _ string) error {
-	keep := make(map[types.NamespacedName]bool, len(list))
-	names := make(map[string]bool, len(list))
+	keep := s.listed
+	s.listed = nil
+	if keep == nil {
+		keep = make(map[types.NamespacedName]bool, len(list))
+	}
 	for _, o := range list {
 		s.set(o)
 		keep[nameOf(o)] = true
-		names[nameOf(o).Name] = true
+	}
+	names := make(map[string]bool, len(keep))
+	for nn := range keep {
+		names[nn.Name] = true
 	}
 	switch s.kind {
 	case apiKeys, records:
