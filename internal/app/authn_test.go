@@ -72,7 +72,10 @@ func startEndpointWith(t testing.TB, c *rest.Config, o AuthnOptions) *endpoint {
 	httpAddr, health := freeAddr(t), freeAddr(t)
 	grpcAddr := freeAddr(t)
 	o.HTTPAddr, o.GRPCAddr, o.HealthAddr = httpAddr, grpcAddr, health
-	o.AllowQueryKeys, o.Logger = true, logging.New(io.Discard, 0)
+	o.AllowQueryKeys = true
+	if o.Logger.GetSink() == nil {
+		o.Logger = logging.New(io.Discard, 0)
+	}
 	done := make(chan error, 1)
 	go func() { done <- RunAuthn(ctx, c, o) }()
 	t.Cleanup(func() { cancel(); <-done })

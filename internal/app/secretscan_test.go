@@ -1,7 +1,6 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"fmt"
@@ -9,37 +8,18 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"k8s.io/klog/v2"
 
 	"keyward.dev/keyward/internal/keys"
 	"keyward.dev/keyward/internal/logging"
+	"keyward.dev/keyward/internal/testenv"
 )
-
-// syncBuffer is a log destination several goroutines write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestNoKeyInEndpointLogs sends keys every way a client could, good and
 // bad, over every interface, to an endpoint logging at the most verbose
@@ -61,17 +41,17 @@ func TestNoKeyInEndpointLogs(t *testing.T) {
 
 	for _, redact := range []bool{true, false} {
 		t.Run(fmt.Sprintf("redaction %v", redact), func(t *testing.T) {
-			var out syncBuffer
+			var out testenv.Buffer
 			log := logging.NewUnredacted(&out, logging.MaxVerbosity)
 			if redact {
 				log = logging.New(&out, logging.MaxVerbosity)
 			}
 			klog.SetLogger(log)
 			defer klog.ClearLogger()
-			e, grpcAddr := startLoggingEndpoint(t, log, ns)
+			e := startEndpointWith(t, cfg, AuthnOptions{Namespaces: []string{ns}, Logger: log})
 			eventually(t, 10*time.Second, "the key to verify", func() bool { return e.check(t, good, "occupancy:read") == 200 })
 			for _, tok := range seeds {
-				sendEveryWay(t, e.url, grpcAddr, tok)
+				sendEveryWay(t, e.url, e.grpc, tok)
 			}
 			logged := out.String()
 			if !strings.Contains(logged, id) {
@@ -92,29 +72,6 @@ func TestNoKeyInEndpointLogs(t *testing.T) {
 			t.Logf("redaction %v: %d of %d secrets in %d bytes of log", redact, leaks, len(needles), len(logged))
 		})
 	}
-}
-
-// startLoggingEndpoint runs an endpoint with log until the test ends and
-// returns it and its gRPC address.
-func startLoggingEndpoint(t *testing.T, log logr.Logger, ns string) (*endpoint, string) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	httpAddr, grpcAddr, health := freeAddr(t), freeAddr(t), freeAddr(t)
-	done := make(chan error, 1)
-	go func() {
-		done <- RunAuthn(ctx, cfg, AuthnOptions{HTTPAddr: httpAddr, GRPCAddr: grpcAddr, HealthAddr: health,
-			AllowQueryKeys: true, Namespaces: []string{ns}, Logger: log})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	eventually(t, 20*time.Second, "the endpoint to be ready", func() bool {
-		resp, err := http.Get("http://" + health + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	return &endpoint{url: "http://" + httpAddr}, grpcAddr
 }
 
 // sendEveryWay presents tok in every place a key can travel, and in

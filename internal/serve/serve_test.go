@@ -18,9 +18,7 @@ import (
 	"github.com/go-logr/logr/funcr"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"k8s.io/apimachinery/pkg/types"
 
 	"keyward.dev/keyward/internal/authn"
@@ -252,20 +250,7 @@ func FuzzDecodeReview(f *testing.F) {
 
 func TestGRPCCheckWithEnvoysClient(t *testing.T) {
 	s, reader, old := newServer(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	authv3.RegisterAuthorizationServer(gs, &Authorization{S: s})
-	go func() { _ = gs.Serve(l) }()
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	c := authv3.NewAuthorizationClient(conn)
+	c := grpcClient(t, s)
 	check := func(headers map[string]string, path string, ext map[string]string) *authv3.CheckResponse {
 		t.Helper()
 		resp, err := c.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"strings"
 	"sync"
+	"testing"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -85,4 +87,42 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// DocBlock returns the first fenced block of language lang in the section
+// of docs/gateways.md whose heading starts with heading: tests run or check
+// the documented configurations as written, not copies of them.
+func DocBlock(t testing.TB, heading, lang string) string {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join(Root(), "docs", "gateways.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(doc), "\n## "+heading)
+	if !ok {
+		t.Fatalf("docs/gateways.md has no section %q", heading)
+	}
+	if next := strings.Index(section, "\n## "); next >= 0 {
+		section = section[:next]
+	}
+	_, b, ok := strings.Cut(section, "```"+lang+"\n")
+	b, _, closed := strings.Cut(b, "```")
+	if !ok || !closed {
+		t.Fatalf("docs/gateways.md, %s: no %s block", heading, lang)
+	}
+	return b
+}
+
+// ReplaceOnce replaces each pair's first string by its second in s, and
+// fails when a first string is not there exactly once (the document
+// changed under the test).
+func ReplaceOnce(t testing.TB, s string, pairs ...[2]string) string {
+	t.Helper()
+	for _, r := range pairs {
+		if strings.Count(s, r[0]) != 1 {
+			t.Fatalf("docs/gateways.md: the block should hold %q once", r[0])
+		}
+		s = strings.Replace(s, r[0], r[1], 1)
+	}
+	return s
 }

@@ -24,28 +24,7 @@ import (
 	"keyward.dev/keyward/internal/testenv"
 )
 
-// block returns the first fenced block of the given language under the
-// section whose heading starts with heading.
-func block(t *testing.T, heading, lang string) string {
-	t.Helper()
-	doc, err := os.ReadFile(filepath.Join(testenv.Root(), "docs", "gateways.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(doc), "\n## "+heading)
-	if !ok {
-		t.Fatalf("docs/gateways.md has no section %q", heading)
-	}
-	if next := strings.Index(section, "\n## "); next >= 0 {
-		section = section[:next]
-	}
-	_, b, ok := strings.Cut(section, "```"+lang+"\n")
-	b, _, closed := strings.Cut(b, "```")
-	if !ok || !closed {
-		t.Fatalf("docs/gateways.md, %s: no %s block", heading, lang)
-	}
-	return b
-}
+func block(t *testing.T, heading, lang string) string { return testenv.DocBlock(t, heading, lang) }
 
 // The Envoy bootstrap decodes into Envoy's own types (unknown fields are
 // errors), passes their validation rules, and its ext_authz filter fails

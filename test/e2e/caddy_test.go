@@ -8,34 +8,20 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"keyward.dev/keyward/internal/testenv"
 )
 
 // caddyConf is the Caddyfile of docs/gateways.md, as written there, with
 // this test's addresses put in and Caddy's admin endpoint off.
 func caddyConf(t *testing.T, listen, upstream string) string {
 	t.Helper()
-	doc, err := os.ReadFile(filepath.Join(root, "docs", "gateways.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, _ := strings.Cut(string(doc), "## Caddy (`forward_auth`)")
-	_, block, ok := strings.Cut(section, "```caddyfile\n")
-	block, _, closed := strings.Cut(block, "```")
-	if !ok || !closed {
-		t.Fatal("docs/gateways.md has no caddyfile block under its Caddy section")
-	}
 	up := strings.TrimPrefix(upstream, "http://")
-	for _, r := range [][2]string{
-		{"forward_auth keyward-authn.keyward-system:8180", "forward_auth 127.0.0.1:8180"},
-		{":80 {", "http://" + listen + " {"},
-		{"reverse_proxy occupancy:8080", "reverse_proxy " + up},
-		{"reverse_proxy api:8080", "reverse_proxy " + up},
-	} {
-		if strings.Count(block, r[0]) != 1 {
-			t.Fatalf("docs/gateways.md: the Caddyfile should hold %q once", r[0])
-		}
-		block = strings.Replace(block, r[0], r[1], 1)
-	}
+	block := testenv.ReplaceOnce(t, testenv.DocBlock(t, "Caddy", "caddyfile"),
+		[2]string{"forward_auth keyward-authn.keyward-system:8180", "forward_auth 127.0.0.1:8180"},
+		[2]string{":80 {", "http://" + listen + " {"},
+		[2]string{"reverse_proxy occupancy:8080", "reverse_proxy " + up},
+		[2]string{"reverse_proxy api:8080", "reverse_proxy " + up})
 	return "{\n\tadmin off\n}\n" + block
 }
 

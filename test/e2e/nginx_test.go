@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"keyward.dev/keyward/internal/authn"
+	"keyward.dev/keyward/internal/testenv"
 )
 
 // nginxConf is the nginx configuration of docs/gateways.md, as written
@@ -27,29 +28,13 @@ import (
 // devices:write.
 func nginxConf(t *testing.T, dir, listen, upstream, servers string) string {
 	t.Helper()
-	doc, err := os.ReadFile(filepath.Join(root, "docs", "gateways.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, _ := strings.Cut(string(doc), "## nginx (`auth_request`)")
-	_, block, ok := strings.Cut(section, "```nginx\n")
-	block, _, closed := strings.Cut(block, "```")
-	if !ok || !closed {
-		t.Fatal("docs/gateways.md has no nginx block under its nginx section")
-	}
-	for _, r := range [][2]string{
-		{"server keyward-authn.keyward-system:8180;", servers},
-		{"listen 80;", "listen " + listen + ";"},
-		{"/var/log/nginx/access.log", filepath.Join(dir, "access.log")},
-		{"proxy_pass http://api;", "proxy_pass " + upstream + ";"},
-		{"proxy_pass http://occupancy;", "proxy_pass " + upstream + ";"},
-		{"proxy_pass http://devices;", "proxy_pass " + upstream + ";"},
-	} {
-		if strings.Count(block, r[0]) != 1 {
-			t.Fatalf("docs/gateways.md: the nginx block should hold %q once", r[0])
-		}
-		block = strings.Replace(block, r[0], r[1], 1)
-	}
+	block := testenv.ReplaceOnce(t, testenv.DocBlock(t, "nginx", "nginx"),
+		[2]string{"server keyward-authn.keyward-system:8180;", servers},
+		[2]string{"listen 80;", "listen " + listen + ";"},
+		[2]string{"/var/log/nginx/access.log", filepath.Join(dir, "access.log")},
+		[2]string{"proxy_pass http://api;", "proxy_pass " + upstream + ";"},
+		[2]string{"proxy_pass http://occupancy;", "proxy_pass " + upstream + ";"},
+		[2]string{"proxy_pass http://devices;", "proxy_pass " + upstream + ";"})
 	return fmt.Sprintf(`worker_processes 1;
 error_log %[1]s/error.log warn;
 pid %[1]s/nginx.pid;
