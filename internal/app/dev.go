@@ -69,6 +69,10 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 		return err
 	}
 	defer logFile.Close()
+	log := logging.New(logFile, o.Verbosity)
+	// client-go's klog goes into the same redacting, capped log; set
+	// before any client exists (klog's logger is not safe to swap later).
+	klog.SetLogger(log.WithName("client-go"))
 	say := func(format string, args ...any) { fmt.Fprintf(o.Out, ">> "+format+"\n", args...) }
 
 	say("starting etcd and kube-apiserver from %s", o.Assets)
@@ -129,9 +133,6 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	log := logging.New(logFile, o.Verbosity)
-	// client-go's klog goes into the same redacting, capped log.
-	klog.SetLogger(log.WithName("client-go"))
 	ix := index.New()
 	replica := ReplicaName()
 	done := make(chan error, 2)
