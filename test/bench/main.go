@@ -51,6 +51,7 @@ var (
 	rounds      = flag.Int("rounds", 7, "rounds of one load run on each server under test")
 	conns       = flag.Int("connections", 32, "concurrent connections of each load run")
 	bin         = flag.String("bin", "bin", "folder with keyward and bench-noop")
+	authnArgs   = flag.String("authn-args", "", "more flags for the endpoint under test, space-separated (e.g. --max-header-bytes=8192)")
 	profile     = flag.String("profile", "", "write CPU profiles of the endpoint and of the baselines during their first wrk runs here (and here.noop, here.fastnoop); a longer --duration gives finer profiles")
 )
 
@@ -106,9 +107,10 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	authn, err := start(filepath.Join(*bin, "keyward"), "authn", "--kubeconfig", kubeconfig,
+	authn, err := start(filepath.Join(*bin, "keyward"), append([]string{"authn", "--kubeconfig", kubeconfig,
 		"--http-address", "127.0.0.1:8180", "--grpc-address", "127.0.0.1:8181",
-		"--metrics-bind-address", "127.0.0.1:8090", "--health-probe-bind-address", "127.0.0.1:8091", "--pprof-bind-address", "127.0.0.1:8092")
+		"--metrics-bind-address", "127.0.0.1:8090", "--health-probe-bind-address", "127.0.0.1:8091",
+		"--pprof-bind-address", "127.0.0.1:8092"}, strings.Fields(*authnArgs)...)...)
 	if err != nil {
 		return err
 	}
