@@ -11,7 +11,7 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 KEYWARD        := $(BIN)/keyward
 export KUBEBUILDER_ASSETS := $(CONTROLPLANE)
 
-.PHONY: nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
+.PHONY: image nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
 all: build
 
 help: ## List the targets.
@@ -59,8 +59,23 @@ verify-generated: $(CONTROLLER_GEN) ## Fail when the generated files differ from
 		diff <(echo "$$before") <(echo "$$after"); exit 1; fi
 
 ## --- build, run ----------------------------------------------------------
+## --- image ---------------------------------------------------------------
+
+IMAGE ?= $(BIN)/keyward-image.tar
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+CREATED ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+LDFLAGS := -s -w -X keyward.dev/keyward/internal/version.Version=$(VERSION) -X keyward.dev/keyward/internal/version.Commit=$(COMMIT)
+
+image: ## Build keyward's OCI image (linux/amd64, linux/arm64) as an OCI layout tarball, without a container engine.
+	@for arch in amd64 arm64; do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -trimpath -buildvcs=false -ldflags "$(LDFLAGS)" \
+			-o $(BIN)/linux-$$arch/keyward ./cmd/keyward || exit 1; done
+	go run ./hack/image --bin amd64=$(BIN)/linux-amd64/keyward,arm64=$(BIN)/linux-arm64/keyward \
+		--out $(IMAGE) --version $(VERSION) --revision $(COMMIT) --created $(CREATED)
+
 build: ## Build bin/keyward.
-	go build -o $(KEYWARD) ./cmd/keyward
+	go build -ldflags "-X keyward.dev/keyward/internal/version.Version=$(VERSION) -X keyward.dev/keyward/internal/version.Commit=$(COMMIT)" -o $(KEYWARD) ./cmd/keyward
 
 run: build controlplane ## Run the whole system locally on the embedded control plane.
 	$(KEYWARD) dev --assets $(CONTROLPLANE) --dir $(BIN)/dev --config $(CURDIR)/config

@@ -28,6 +28,7 @@ import (
 	"keyward.dev/keyward/internal/app"
 	"keyward.dev/keyward/internal/logging"
 	"keyward.dev/keyward/internal/serve"
+	"keyward.dev/keyward/internal/version"
 )
 
 const usage = `keyward issues, checks and revokes API keys on Kubernetes.
@@ -36,6 +37,7 @@ Usage:
   keyward controller [flags]   reconcile ApiKeys: issue, record, deliver, revoke
   keyward authn [flags]        the auth endpoint gateways ask (forward auth, ext_authz, review)
   keyward dev [flags]          run everything on a local control plane
+  keyward version              the version, commit and Go that built this binary
 
 Run 'keyward <mode> -h' for the flags of a mode.
 `
@@ -55,6 +57,9 @@ func main() {
 		err = authnMode(ctx, args)
 	case "dev":
 		err = dev(ctx, args)
+	case "version", "--version":
+		fmt.Println(version.String())
+		return
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return
