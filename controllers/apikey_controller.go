@@ -346,18 +346,20 @@ func (r *ApiKeyReconciler) patchStatus(ctx context.Context, before, key *kw.ApiK
 		st.ArchivedAt = v.record.Spec.RevokedAt.DeepCopy()
 	}
 	if v.state == "" {
-		v.set(kw.StatePending, "Issuing", "the key is being issued")
+		v.set(kw.StatePending, kw.ReasonIssuing, "the key is being issued")
 	}
 	r.announce(key, before, v)
 	st.State = v.state
+	// Ready is the kstatus sense: the ApiKey is as its spec asks, a key
+	// issued and delivered, or one archived or expired as the spec says.
+	// kstatus reads Ready=False as still in progress, which would leave an
+	// archived key pending in Flux and Argo CD for ever.
 	status := metav1.ConditionFalse
-	if v.reason == kw.ReasonIssued {
+	switch v.reason {
+	case kw.ReasonIssued, kw.ReasonArchived, kw.ReasonExpired:
 		status = metav1.ConditionTrue
 	}
-	meta.SetStatusCondition(&st.Conditions, metav1.Condition{
-		Type: kw.ConditionReady, Status: status, Reason: v.reason, Message: v.message,
-		ObservedGeneration: key.Generation,
-	})
+	setConditions(&st.Conditions, status, v.reason, v.message, key.Generation)
 	if equality.Semantic.DeepEqual(before.Status, key.Status) {
 		return nil
 	}
@@ -366,6 +368,30 @@ func (r *ApiKeyReconciler) patchStatus(ctx context.Context, before, key *kw.ApiK
 		return fmt.Errorf("patch status of %s/%s: %w", key.Namespace, key.Name, err)
 	}
 	return nil
+}
+
+// setConditions sets Ready and, following kstatus, Reconciling while the
+// key is being issued and Stalled while it cannot proceed; each of the two
+// is removed when it no longer holds.
+func setConditions(conds *[]metav1.Condition, ready metav1.ConditionStatus, reason, message string, generation int64) {
+	meta.SetStatusCondition(conds, metav1.Condition{
+		Type: kw.ConditionReady, Status: ready, Reason: reason, Message: message, ObservedGeneration: generation,
+	})
+	for _, c := range []struct {
+		typ   string
+		holds bool
+	}{
+		{kw.ConditionReconciling, reason == kw.ReasonIssuing},
+		{kw.ConditionStalled, kw.Stalls(reason)},
+	} {
+		if !c.holds {
+			meta.RemoveStatusCondition(conds, c.typ)
+			continue
+		}
+		meta.SetStatusCondition(conds, metav1.Condition{
+			Type: c.typ, Status: metav1.ConditionTrue, Reason: reason, Message: message, ObservedGeneration: generation,
+		})
+	}
 }
 
 // announce records an Event when the key enters a state its owners should

@@ -2,9 +2,32 @@ package v1alpha1
 
 // Condition types.
 const (
-	// ConditionReady says whether the key is issued, delivered and valid.
+	// ConditionReady says whether the ApiKey is as its spec asks: True for
+	// a key issued and delivered (Issued) and for one archived or expired
+	// as the spec says (Archived, Expired); False while it is issued
+	// (Issuing) or cannot be (the reasons Stalls names).
 	ConditionReady = "Ready"
+	// ConditionReconciling and ConditionStalled follow the kstatus
+	// conventions (sigs.k8s.io/cli-utils/pkg/kstatus) that Flux, Argo CD
+	// and kubectl wait read: Reconciling while the key is being issued,
+	// Stalled while it cannot proceed without someone acting (the reason
+	// and message are Ready's). Neither is present otherwise.
+	ConditionReconciling = "Reconciling"
+	ConditionStalled     = "Stalled"
+	// ReasonIssuing is Ready's and Reconciling's reason before the key is
+	// issued.
+	ReasonIssuing = "Issuing"
 )
+
+// Stalls reports whether Ready's reason means the ApiKey cannot proceed
+// until someone acts: kstatus reads it as Failed.
+func Stalls(reason string) bool {
+	switch reason {
+	case ReasonSecretConflict, ReasonSecretMissing, ReasonScopeNotAllowed, ReasonKeyIdConflict:
+		return true
+	}
+	return false
+}
 
 // Reasons of the Ready condition.
 const (
