@@ -2,6 +2,10 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -11,8 +15,64 @@ import (
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	lua "github.com/yuin/gopher-lua"
+
 	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/internal/testenv"
 )
+
+// argoHealth runs docs/argocd/apikey-health.lua, as Argo CD does, on key
+// and returns the health status and message it gives.
+func argoHealth(t *testing.T, key *kw.ApiKey) (string, string) {
+	t.Helper()
+	script, err := os.ReadFile(filepath.Join(testenv.Root(), "docs", "argocd", "apikey-health.lua"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Through JSON, as Argo CD hands the object over: numbers are numbers.
+	b, _ := json.Marshal(m)
+	var obj any
+	_ = json.Unmarshal(b, &obj)
+	L := lua.NewState()
+	defer L.Close()
+	L.SetGlobal("obj", toLua(L, obj))
+	if err := L.DoString(string(script)); err != nil {
+		t.Fatalf("apikey-health.lua: %v", err)
+	}
+	ret, ok := L.Get(-1).(*lua.LTable)
+	if !ok {
+		t.Fatalf("apikey-health.lua returned %v", L.Get(-1))
+	}
+	return ret.RawGetString("status").String(), ret.RawGetString("message").String()
+}
+
+func toLua(L *lua.LState, v any) lua.LValue {
+	switch v := v.(type) {
+	case map[string]any:
+		t := L.NewTable()
+		for k, e := range v {
+			t.RawSetString(k, toLua(L, e))
+		}
+		return t
+	case []any:
+		t := L.NewTable()
+		for _, e := range v {
+			t.Append(toLua(L, e))
+		}
+		return t
+	case string:
+		return lua.LString(v)
+	case float64:
+		return lua.LNumber(v)
+	case bool:
+		return lua.LBool(v)
+	}
+	return lua.LNil
+}
 
 // kstatusOf computes what Flux, Argo CD and kubectl wait (kstatus) make of
 // an ApiKey as the API server returned it.
@@ -58,16 +118,23 @@ func TestKstatusOfEveryState(t *testing.T) {
 	if r := kstatusOf(t, gone); r.Status != status.InProgressStatus {
 		t.Errorf("a changed spec not yet reconciled: %s (%s)", r.Status, r.Message)
 	}
+	if h, _ := argoHealth(t, gone); h != "Progressing" {
+		t.Errorf("Argo CD, a changed spec not yet reconciled: %s", h)
+	}
 	for name, want := range map[string]struct {
 		reason string
 		status status.Status
+		argo   string
 	}{
-		"ok":       {kw.ReasonIssued, status.CurrentStatus},
-		"gone":     {kw.ReasonArchived, status.CurrentStatus},
-		"conflict": {kw.ReasonSecretConflict, status.FailedStatus},
-		"lost":     {kw.ReasonSecretMissing, status.FailedStatus},
+		"ok":       {kw.ReasonIssued, status.CurrentStatus, "Healthy"},
+		"gone":     {kw.ReasonArchived, status.CurrentStatus, "Healthy"},
+		"conflict": {kw.ReasonSecretConflict, status.FailedStatus, "Degraded"},
+		"lost":     {kw.ReasonSecretMissing, status.FailedStatus, "Degraded"},
 	} {
 		key := waitReason(t, ns, name, want.reason)
+		if h, msg := argoHealth(t, key); h != want.argo || !strings.Contains(msg, want.reason) {
+			t.Errorf("%s: Argo CD health %s (%s), want %s", name, h, msg, want.argo)
+		}
 		if r := kstatusOf(t, key); r.Status != want.status {
 			t.Errorf("%s (%s): kstatus %s (%s), want %s", name, want.reason, r.Status, r.Message, want.status)
 		} else if want.status == status.FailedStatus && r.Message == "" {
@@ -83,6 +150,9 @@ func TestKstatusOfEveryState(t *testing.T) {
 	setConditions(&pending.Status.Conditions, metav1.ConditionFalse, kw.ReasonIssuing, "the key is being issued", pending.Generation)
 	if r := kstatusOf(t, &pending); r.Status != status.InProgressStatus {
 		t.Errorf("issuing: kstatus %s, want InProgress", r.Status)
+	}
+	if h, _ := argoHealth(t, &pending); h != "Progressing" {
+		t.Errorf("Argo CD, issuing: %s", h)
 	}
 	// Leaving a stall removes Stalled: issued again, Current.
 	setConditions(&pending.Status.Conditions, metav1.ConditionFalse, kw.ReasonSecretMissing, "gone", pending.Generation)
