@@ -263,9 +263,7 @@ func TestArchiveAndDeleteRevokeWithin100ms(t *testing.T) {
 func TestEndpointServesWhileAPIServerIsDown(t *testing.T) {
 	ns := namespace(t, "outage")
 	startController(t)
-	link := newLink(t, cfg.Host)
-	viaLink := rest.CopyConfig(cfg)
-	viaLink.Host = "https://" + link.addr
+	link, viaLink := linkedConfig(t)
 	e := startEndpoint(t, viaLink, ns)
 	tokens := issue(t, ns, "steady", "doomed")
 	for _, n := range []string{"steady", "doomed"} {
@@ -306,9 +304,7 @@ func TestIndexLoadsPageByPage(t *testing.T) {
 			return k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: n}, &kw.ApiKeyRecord{}) == nil
 		})
 	}
-	link := newLink(t, cfg.Host)
-	viaLink := rest.CopyConfig(cfg)
-	viaLink.Host = "https://" + link.addr
+	link, viaLink := linkedConfig(t)
 	ix := index.New()
 	e := startEndpointWith(t, viaLink, AuthnOptions{Namespaces: []string{ns}, Index: ix})
 	for _, n := range names {
@@ -338,9 +334,7 @@ func TestIndexLoadsPageByPage(t *testing.T) {
 func TestMaxStalenessFailsClosedDuringAnOutage(t *testing.T) {
 	ns := namespace(t, "stale")
 	startController(t)
-	link := newLink(t, cfg.Host)
-	viaLink := rest.CopyConfig(cfg)
-	viaLink.Host = "https://" + link.addr
+	link, viaLink := linkedConfig(t)
 	e := startEndpointWith(t, viaLink, AuthnOptions{Namespaces: []string{ns}, MaxStaleness: 2 * time.Second})
 	tok := issue(t, ns, "a")["a"]
 	eventually(t, 5*time.Second, "the key to verify", func() bool { return e.check(t, tok, "") == 200 })
@@ -373,6 +367,16 @@ type link struct {
 	l            net.Listener
 	mu           sync.Mutex
 	conns        []net.Conn
+}
+
+// linkedConfig returns a link to the test's API server and a client
+// configuration that goes through it.
+func linkedConfig(t testing.TB) (*link, *rest.Config) {
+	t.Helper()
+	lk := newLink(t, cfg.Host)
+	c := rest.CopyConfig(cfg)
+	c.Host = "https://" + lk.addr
+	return lk, c
 }
 
 func newLink(t testing.TB, target string) *link {

@@ -132,10 +132,19 @@ func Extract(h Headers, rawQuery string, allowQuery bool) Credentials {
 		}
 	}
 	queryKey, inQuery := false, 0
-	for q := rawQuery; q != "" && mayCarryKey(q); {
+	// One pass over the query, and names that cannot be a key parameter
+	// are not decoded: a long query costs linear time, not more.
+	q := rawQuery
+	if !mayCarryKey(q) {
+		q = ""
+	}
+	for q != "" {
 		var pair string
 		pair, q, _ = strings.Cut(q, "&")
 		rawName, rawVal, _ := strings.Cut(pair, "=")
+		if !mayCarryKey(rawName) {
+			continue
+		}
 		name, err := url.QueryUnescape(rawName)
 		if err != nil || !IsQueryParam(name) {
 			continue

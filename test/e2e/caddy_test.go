@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -33,39 +31,12 @@ func startCaddy(t *testing.T, upstream string) string {
 	if err != nil {
 		t.Fatal("caddy is not installed: make caddy installs Debian's package")
 	}
-	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	path := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(caddyConf(t, addr, upstream)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
-	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-	out := &strings.Builder{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("caddy said:\n%s", tail(out.String(), 3000))
-		}
-	})
-	eventually(t, 10*time.Second, "caddy to listen", func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-	return "http://" + addr
+	return startGateway(t, "caddy", "Caddyfile", func(_, addr string) string { return caddyConf(t, addr, upstream) },
+		func(dir, path string) *exec.Cmd {
+			cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
+			cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+			return cmd
+		})
 }
 
 func TestCaddyGateway(t *testing.T) {

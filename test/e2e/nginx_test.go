@@ -68,6 +68,21 @@ func startNginx(t *testing.T, upstream string, authn ...string) string {
 	for _, a := range authn {
 		servers += "server " + a + "; "
 	}
+	return startGateway(t, "nginx", "nginx.conf", func(dir, addr string) string {
+		return nginxConf(t, dir, addr, upstream, servers)
+	}, func(dir, path string) *exec.Cmd {
+		return exec.Command(nginxBinary(t), "-p", dir, "-c", path, "-g", "daemon off;")
+	})
+}
+
+// startGateway runs a gateway until the test ends: conf gives its
+// configuration for its folder and a free address, written to file in that
+// folder; command starts it with that file. It returns the gateway's URL
+// once it listens, and shows what it said (and its error.log) if the test
+// fails.
+func startGateway(t *testing.T, name, file string, conf func(dir, addr string) string,
+	command func(dir, path string) *exec.Cmd) string {
+	t.Helper()
 	dir := t.TempDir()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -75,12 +90,11 @@ func startNginx(t *testing.T, upstream string, authn ...string) string {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	conf := nginxConf(t, dir, addr, upstream, servers)
-	path := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+	path := filepath.Join(dir, file)
+	if err := os.WriteFile(path, []byte(conf(dir, addr)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(nginxBinary(t), "-p", dir, "-c", path, "-g", "daemon off;")
+	cmd := command(dir, path)
 	out := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
@@ -91,10 +105,10 @@ func startNginx(t *testing.T, upstream string, authn ...string) string {
 		_ = cmd.Wait()
 		if t.Failed() {
 			log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			t.Logf("nginx said: %s\n%s", out, log)
+			t.Logf("%s said:\n%s\n%s", name, tail(out.String(), 3000), log)
 		}
 	})
-	eventually(t, 10*time.Second, "nginx to listen", func() bool {
+	eventually(t, 10*time.Second, name+" to listen", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()

@@ -9,9 +9,13 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"keyward.dev/keyward/internal/app"
 )
@@ -77,6 +81,53 @@ func TestMetricsAndUsageAnswerOnlyAuthorizedCallers(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode == 200 {
 			t.Error("the endpoint's metrics answer plain HTTP")
+		}
+	}
+}
+
+// A tenant cannot give itself the metrics: the admin of a namespace may
+// not bind keyward-metrics-reader (RBAC refuses to grant what one does not
+// hold), and a ServiceAccount of its namespace, even one it made edit
+// there, is refused by both metrics servers.
+func TestTenantsCannotReadMetrics(t *testing.T) {
+	ctx := context.Background()
+	const ns, user = "metrics-tenant", "mallory"
+	tenant(t, ns, nil, user, "admin")
+	mallory := as(t, user)
+	ref := rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "keyward-metrics-reader"}
+	me := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}}
+	for _, o := range []client.Object{
+		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "metrics"}, RoleRef: ref, Subjects: me},
+		&rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "mallory-metrics"}, RoleRef: ref, Subjects: me},
+	} {
+		if err := mallory.Create(ctx, o); !apierrors.IsForbidden(err) {
+			t.Errorf("the tenant's admin binding keyward-metrics-reader (%T): %v, want Forbidden", o, err)
+		}
+	}
+	// Its own ServiceAccount, bound to edit in its namespace by itself.
+	must(t, mallory.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "scraper"}}))
+	must(t, mallory.Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "scraper-edit"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "edit"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "scraper", Namespace: ns}}}))
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "scraper", &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, Timeout: 10 * time.Second} //nolint:gosec // self-signed
+	for _, url := range []string{"https://" + authnMetrics + "/metrics", "https://" + authnMetrics + "/usage", "https://" + ctrlMetrics + "/metrics"} {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("Authorization", "Bearer "+tr.Status.Token)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 403 {
+			t.Errorf("the tenant's ServiceAccount on %s: %d, want 403", url, resp.StatusCode)
 		}
 	}
 }
