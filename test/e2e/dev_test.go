@@ -108,7 +108,7 @@ func startDev(t *testing.T, bin string, args ...string) *system {
 		if t.Failed() {
 			t.Logf("keyward dev said:\n%s", s.out.String())
 			if log, err := os.ReadFile(filepath.Join(s.dir, "keyward.log")); err == nil {
-				t.Logf("keyward.log (tail):\n%s", tail(string(log), 4000))
+				t.Logf("keyward.log (tail):\n%s", tail(string(log), 40000))
 			}
 		}
 	})

@@ -36,12 +36,19 @@ func TestRotationThroughTheEndpoint(t *testing.T) {
 	// the record by its own watch a moment later.
 	var code int
 	var reason string
-	deadline := time.Now().Add(5 * time.Second)
+	start := time.Now()
+	deadline := start.Add(30 * time.Second)
 	for code, reason = check(t, old); code != 200 && time.Now().Before(deadline); code, reason = check(t, old) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if code != 200 {
 		t.Fatalf("the key does not work before the rotation: %d %s", code, reason)
+	}
+	if took := time.Since(start); took > time.Second {
+		// Seen under make test's load: invalid_key for over 5 s after the
+		// controller said Active. Logged to find out whether it is slow or
+		// stuck (see the closing note of 2026-12-03).
+		t.Logf("the endpoint verified the issued key only %s after it was Active", took.Round(time.Millisecond))
 	}
 
 	s.mustKubectl(t, "-n", "keyward-demo", "patch", "apikey", name, "--type", "merge",
