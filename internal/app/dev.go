@@ -29,8 +29,9 @@ type DevOptions struct {
 	Dir string
 	// Config is the repository's config/ tree (CRDs, samples).
 	Config string
-	// Verbosity of keyward's log (written to Dir/keyward.log).
-	Verbosity int
+	// Log configures keyward's log (written to Dir/keyward.log): the zap
+	// flags; nil logs at info.
+	Log *logging.Options
 	// Out receives what a person reads.
 	Out io.Writer
 	// UsageEndpoints are more auth endpoint replicas (metrics base URLs)
@@ -69,7 +70,10 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 		return err
 	}
 	defer logFile.Close()
-	log := logging.New(logFile, o.Verbosity)
+	if o.Log == nil {
+		o.Log = &logging.Options{}
+	}
+	log := logging.FromOptions(o.Log, logFile)
 	// client-go's klog goes into the same redacting, capped log; set
 	// before any client exists (klog's logger is not safe to swap later).
 	klog.SetLogger(log.WithName("client-go"))

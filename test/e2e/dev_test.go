@@ -77,7 +77,7 @@ func startDev(t *testing.T, bin string, args ...string) *system {
 	s.kubeconfig = filepath.Join(s.dir, "kubeconfig")
 	s.cmd = exec.Command(bin, append([]string{"dev", "--assets", assets(t), "--dir", s.dir, "--config", filepath.Join(root, "config"),
 		// The most verbose log keyward writes, for the secret scan.
-		"-v", "5"}, args...)...)
+		"--zap-log-level=5"}, args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
