@@ -15,8 +15,9 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/client/config"
+	clientconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
 
+	"keyward.dev/keyward/config"
 	"keyward.dev/keyward/controllers"
 	"keyward.dev/keyward/internal/app"
 	"keyward.dev/keyward/internal/logging"
@@ -92,8 +93,16 @@ status.`,
 	fs.StringSliceVar(&usageURLs, "usage-endpoints", nil, "metrics base URLs of auth endpoint replicas, comma-separated (instead of --usage-service)")
 	fs.DurationVar(&o.UsageInterval, "usage-interval", controllers.DefaultUsageInterval, "how often usage is collected from the auth endpoint replicas")
 	fs.DurationVar(&o.UsageMinWrite, "usage-min-write-interval", controllers.DefaultUsageMinWrite, "least time between two usage writes of one ApiKey")
+	defaultPolicy := fs.Bool("default-policy", true, "create ApiKeyPolicy default (write scopes * and *:write only in namespaces labelled keyward.dev/write-access=true) when no ApiKeyPolicy of that name exists; an existing one is never changed")
 	connect := clusterFlags(fs)
 	c.RunE = func(c *cobra.Command, _ []string) error {
+		if *defaultPolicy {
+			p, err := controllers.ParsePolicy(config.DefaultPolicy)
+			if err != nil {
+				return err
+			}
+			o.DefaultPolicy = p
+		}
 		if o.EndpointURL == "" {
 			return usageError{fmt.Errorf("--endpoint-url is required: the gateway URL clients send their keys to")}
 		}
@@ -214,7 +223,7 @@ func clusterFlags(fs *pflag.FlagSet) func() (logr.Logger, *rest.Config, error) {
 		if *kubeconfig != "" {
 			os.Setenv("KUBECONFIG", *kubeconfig)
 		}
-		cfg, err := config.GetConfig()
+		cfg, err := clientconfig.GetConfig()
 		if err != nil {
 			return log, nil, fmt.Errorf("find the cluster: %w", err)
 		}

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/controllers"
 )
 
@@ -55,6 +56,9 @@ type ControllerOptions struct {
 	UsageService   string
 	// UsageInterval and UsageMinWrite override the collection defaults.
 	UsageInterval, UsageMinWrite time.Duration
+	// DefaultPolicy, when set, is created unless an ApiKeyPolicy of its
+	// name exists (config/policy/default.yaml from the binary).
+	DefaultPolicy *kw.ApiKeyPolicy
 }
 
 // RunController runs the ApiKey controller until ctx is done.
@@ -83,6 +87,13 @@ func RunController(ctx context.Context, cfg *rest.Config, o ControllerOptions) e
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up ApiKey controller: %w", err)
+	}
+	controllers.ExportKeyMetrics(mgr.GetCache())
+	if o.DefaultPolicy != nil {
+		if err := mgr.Add(&controllers.DefaultPolicy{Client: mgr.GetClient(), Policy: o.DefaultPolicy,
+			Log: o.Logger.WithName("default-policy")}); err != nil {
+			return err
+		}
 	}
 	if endpoints, err := usageEndpoints(mgr, o); err != nil {
 		return err
