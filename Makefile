@@ -11,7 +11,7 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 KEYWARD        := $(BIN)/keyward
 export KUBEBUILDER_ASSETS := $(CONTROLPLANE)
 
-.PHONY: image nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
+.PHONY: chart-files image nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
 all: build
 
 help: ## List the targets.
@@ -45,10 +45,24 @@ manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from markers.
 	$(CONTROLLER_GEN) rbac:roleName=keyward-controller paths=./controllers/... output:rbac:artifacts:config=config/rbac
 	$(CONTROLLER_GEN) rbac:roleName=keyward-authn paths=./internal/index/... output:rbac:artifacts:config=config/rbac/authn
 
+	@$(MAKE) -s chart-files
+
+# The chart renders these files as they are (charts/keyward/templates/static.yaml);
+# the copies are generated, and the chart test compares the chart with
+# config/default, so neither can drift.
+CHART_FILES := charts/keyward/files
+chart-files:
+	@rm -rf $(CHART_FILES) && mkdir -p $(CHART_FILES)/crds $(CHART_FILES)/rbac $(CHART_FILES)/admission $(CHART_FILES)/monitoring
+	@cp config/crd/bases/*.yaml $(CHART_FILES)/crds/
+	@cp config/rbac/role.yaml config/rbac/roles_for_people.yaml $(CHART_FILES)/rbac/
+	@cp config/rbac/authn/role.yaml $(CHART_FILES)/rbac/authn-role.yaml
+	@cp config/admission/admission.yaml config/admission/records.yaml config/admission/namespaces.yaml $(CHART_FILES)/admission/
+	@cp config/prometheus/rules.yaml config/grafana/dashboard.json $(CHART_FILES)/monitoring/
+
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code from markers.
 	$(CONTROLLER_GEN) object paths=./api/...
 
-GENERATED = config/crd/bases/*.yaml config/rbac/role.yaml config/rbac/authn/role.yaml api/v1alpha1/zz_generated.deepcopy.go
+GENERATED = config/crd/bases/*.yaml config/rbac/role.yaml config/rbac/authn/role.yaml api/v1alpha1/zz_generated.deepcopy.go $(CHART_FILES)/*/*
 
 verify-generated: $(CONTROLLER_GEN) ## Fail when the generated files differ from what the markers generate.
 	@before="$$(sha256sum $(GENERATED))"; \

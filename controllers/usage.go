@@ -109,9 +109,11 @@ func (u *UsageCollector) round(ctx context.Context) error {
 			// Keep every cursor this round: a replica that did not answer
 			// may still hold totals that were taken in.
 			u.Log.V(1).Info("usage: a replica did not answer", "url", url, "error", err.Error())
+			usageCollections.WithLabelValues("error").Inc()
 			live = nil
 			continue
 		}
+		usageCollections.WithLabelValues("ok").Inc()
 		if live != nil {
 			live[r.Replica] = true
 		}
@@ -142,6 +144,7 @@ func (u *UsageCollector) round(ctx context.Context) error {
 			client.FieldOwner(FieldOwner))
 		switch {
 		case err == nil:
+			usageWrites.Inc()
 			u.lastWrite[nn] = now
 		case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
 			// Folded from an old status: the next round folds the new one.
