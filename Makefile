@@ -11,7 +11,7 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 KEYWARD        := $(BIN)/keyward
 export KUBEBUILDER_ASSETS := $(CONTROLPLANE)
 
-.PHONY: chart-files image nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
+.PHONY: promtool chart-files image nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
 all: build
 
 help: ## List the targets.
@@ -37,7 +37,22 @@ caddy: ## Install Debian's Caddy, the second gateway of the end-to-end tests, if
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq caddy >/dev/null; }
 
-tools: $(CONTROLLER_GEN) controlplane nginx caddy
+# promtool checks the alerts and the dashboard's queries (test/monitoring).
+# Built without Prometheus's service discovery (not needed to check rules,
+# and it halves the build), cached outside the clone by pin.
+PROMTOOL := $(BIN)/promtool
+promtool: $(PROMTOOL) ## Build promtool from the Prometheus Go module (pinned in hack/promtool/go.mod).
+$(PROMTOOL): hack/promtool/go.mod hack/promtool/go.sum
+	@key=$$(cat hack/promtool/go.mod hack/promtool/go.sum | sha256sum | cut -c1-16); \
+	cache="$${KEYWARD_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/keyward}/promtool-$$key"; \
+	if [ ! -x "$$cache/promtool" ]; then \
+		echo ">> building promtool (first time only; about 2 minutes on 2 cores)"; mkdir -p "$$cache"; \
+		(cd hack/promtool && CGO_ENABLED=0 go build -tags remove_all_sd -trimpath -ldflags "-s -w" \
+			-o "$$cache/promtool.tmp" github.com/prometheus/prometheus/cmd/promtool) && \
+		mv "$$cache/promtool.tmp" "$$cache/promtool" || exit 1; fi; \
+	mkdir -p $(BIN) && cp "$$cache/promtool" $@
+
+tools: $(CONTROLLER_GEN) controlplane nginx caddy promtool
 
 ## --- generated code ------------------------------------------------------
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from markers.
@@ -95,7 +110,7 @@ run: build controlplane ## Run the whole system locally on the embedded control 
 	$(KEYWARD) dev --assets $(CONTROLPLANE) --dir $(BIN)/dev --config $(CURDIR)/config
 
 ## --- tests ---------------------------------------------------------------
-test: verify-generated controlplane nginx caddy ## Run every test: generated-file check, unit, fuzz corpus, envtest.
+test: verify-generated controlplane nginx caddy promtool ## Run every test: generated-file check, unit, fuzz corpus, envtest.
 	go vet ./...
 	go test -count=1 -timeout 12m ./...
 

@@ -125,11 +125,12 @@ func run(m *testing.M) int {
 	done := make(chan error, 2)
 	go func() {
 		done <- app.RunController(ctx, ctrlCfg, app.ControllerOptions{EndpointURL: "http://example.test",
-			MetricsAddr: ctrlMetrics, HealthAddr: "0", Logger: logging.New(io.Discard, 0)})
+			MetricsAddr: ctrlMetrics, HealthAddr: "0", Logger: logging.New(io.Discard, 0),
+			UsageEndpoints: []string{"https://" + authnMetrics}, UsageInterval: time.Second})
 	}()
 	go func() {
 		done <- app.RunAuthn(ctx, authnCfg, app.AuthnOptions{HTTPAddr: addr, GRPCAddr: freeAddr(), HealthAddr: health,
-			MetricsAddr: authnMetrics, Logger: logging.New(io.Discard, 0), Index: ix})
+			MetricsAddr: authnMetrics, Logger: logging.New(io.Discard, 0), Index: ix, PerKeyMetrics: true})
 	}()
 	endpoint = "http://" + addr
 	defer func() { cancel(); <-done; <-done }()
@@ -249,6 +250,14 @@ func issue(t *testing.T, c client.Client, ns, name string) (string, string) {
 	ctx := context.Background()
 	must(t, c.Create(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"payments:read"}}}))
+	return awaitKey(t, c, ns, name)
+}
+
+// awaitKey waits for an ApiKey's Secret and for the endpoint to verify its
+// token, and returns its key ID and token.
+func awaitKey(t *testing.T, c client.Client, ns, name string) (string, string) {
+	t.Helper()
+	ctx := context.Background()
 	sec := &corev1.Secret{}
 	eventually(t, 20*time.Second, "the key of "+ns+"/"+name, func() (bool, string) {
 		err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name + "-apikey"}, sec)
