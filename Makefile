@@ -11,7 +11,7 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 KEYWARD        := $(BIN)/keyward
 export KUBEBUILDER_ASSETS := $(CONTROLPLANE)
 
-.PHONY: promtool chart-files image nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
+.PHONY: release promtool chart-files image nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
 all: build
 
 help: ## List the targets.
@@ -94,7 +94,7 @@ IMAGE ?= $(BIN)/keyward-image.tar
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
 CREATED ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
-LDFLAGS := -s -w -X keyward.dev/keyward/internal/version.Version=$(VERSION) -X keyward.dev/keyward/internal/version.Commit=$(COMMIT)
+LDFLAGS = -s -w -X keyward.dev/keyward/internal/version.Version=$(VERSION) -X keyward.dev/keyward/internal/version.Commit=$(COMMIT)
 
 image: ## Build keyward's OCI image (linux/amd64, linux/arm64) as an OCI layout tarball, without a container engine.
 	@for arch in amd64 arm64; do \
@@ -102,6 +102,16 @@ image: ## Build keyward's OCI image (linux/amd64, linux/arm64) as an OCI layout 
 			-o $(BIN)/linux-$$arch/keyward ./cmd/keyward || exit 1; done
 	go run ./hack/image --bin amd64=$(BIN)/linux-amd64/keyward,arm64=$(BIN)/linux-arm64/keyward \
 		--out $(IMAGE) --version $(VERSION) --revision $(COMMIT) --created $(CREATED)
+
+# make release VERSION=... from the chart's version unless given; the image
+# is labelled with it too. Push bin/keyward-image.tar to IMAGE_REPOSITORY
+# (crane push) before publishing the manifest and the chart.
+RELEASE_VERSION ?= $(shell awk '$$1=="version:"{print $$2}' charts/keyward/Chart.yaml)
+IMAGE_REPOSITORY ?= ghcr.io/keyward/keyward
+release: VERSION := v$(RELEASE_VERSION)
+release: image controlplane ## Write bin/release: the install manifest and the packaged chart, both pinned to the image's digest.
+	go run ./hack/release --image $(IMAGE) --version $(RELEASE_VERSION) --repository $(IMAGE_REPOSITORY) \
+		--kubectl $(CONTROLPLANE)/kubectl --out $(BIN)/release
 
 build: ## Build bin/keyward.
 	go build -ldflags "-X keyward.dev/keyward/internal/version.Version=$(VERSION) -X keyward.dev/keyward/internal/version.Commit=$(COMMIT)" -o $(KEYWARD) ./cmd/keyward

@@ -19,7 +19,7 @@ func main() {
 	flag.StringVar(&o.CACertificates, "ca-certificates", "/etc/ssl/certs/ca-certificates.crt", "CA bundle to install")
 	flag.StringVar(&o.Version, "version", "dev", "version label")
 	flag.StringVar(&o.Revision, "revision", "", "commit label")
-	flag.StringVar(&o.Source, "source", "https://github.com/keyward-dev/keyward", "source label")
+	flag.StringVar(&o.Source, "source", "https://github.com/keyward/keyward", "source label")
 	created := flag.Int64("created", 0, "creation time, Unix seconds (make image passes the commit's)")
 	flag.Parse()
 	o.Created = time.Unix(*created, 0).UTC()
