@@ -67,12 +67,13 @@ manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from markers.
 # config/default, so neither can drift.
 CHART_FILES := charts/keyward/files
 chart-files:
-	@rm -rf $(CHART_FILES) && mkdir -p $(CHART_FILES)/crds $(CHART_FILES)/rbac $(CHART_FILES)/admission $(CHART_FILES)/monitoring
+	@rm -rf $(CHART_FILES) && mkdir -p $(CHART_FILES)/crds $(CHART_FILES)/rbac $(CHART_FILES)/admission $(CHART_FILES)/monitoring $(CHART_FILES)/argocd
 	@cp config/crd/bases/*.yaml $(CHART_FILES)/crds/
 	@cp config/rbac/role.yaml config/rbac/roles_for_people.yaml $(CHART_FILES)/rbac/
 	@cp config/rbac/authn/role.yaml $(CHART_FILES)/rbac/authn-role.yaml
 	@cp config/admission/admission.yaml config/admission/records.yaml config/admission/namespaces.yaml $(CHART_FILES)/admission/
 	@cp config/prometheus/rules.yaml config/grafana/dashboard.json $(CHART_FILES)/monitoring/
+	@cp docs/argocd/apikey-health.lua $(CHART_FILES)/argocd/
 
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code from markers.
 	$(CONTROLLER_GEN) object paths=./api/...

@@ -317,3 +317,28 @@ func normalize(o *unstructured.Unstructured) map[string]any {
 	_ = json.Unmarshal(b, &m)
 	return m
 }
+
+// The chart's notes carry the Argo CD health check as docs/argocd has it
+// (which controllers/kstatus_test.go runs), ready to paste into argocd-cm.
+func TestChartNotesCarryTheArgoCDHealthCheck(t *testing.T) {
+	ch := loadChart(t)
+	in := action.NewInstall(action.NewConfiguration())
+	in.DryRunStrategy, in.Replace, in.ReleaseName, in.Namespace = action.DryRunClient, true, "keyward", namespace
+	in.KubeVersion = controlPlaneVersion(t)
+	rel, err := in.Run(ch, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	notes := rel.(*release.Release).Info.Notes
+	lua, err := os.ReadFile(filepath.Join(testenv.Root(), "docs", "argocd", "apikey-health.lua"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var indented []string
+	for _, l := range strings.Split(strings.TrimRight(string(lua), "\n"), "\n") {
+		indented = append(indented, "      "+l)
+	}
+	if !strings.Contains(notes, "resource.customizations.health.keyward.dev_ApiKey: |\n"+strings.Join(indented, "\n")) {
+		t.Errorf("the notes lack the health check:\n%s", notes)
+	}
+}
