@@ -4,6 +4,7 @@
 package controllers
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -53,7 +55,17 @@ type ApiKeyReconciler struct {
 	// CrashAt, when set, is asked after each write; returning true ends the
 	// reconcile on the spot, as if the process had died there (tests only).
 	CrashAt func(point string) bool
+	// Concurrency is how many ApiKeys are reconciled at once (default
+	// DefaultConcurrency); one ApiKey is never reconciled twice at once.
+	Concurrency int
 }
+
+// DefaultConcurrency: a reconcile mostly waits for the API server (six
+// calls to issue a key, each tens of milliseconds when the API server is
+// busy), so many run at once even on one core. make bench, 5,000 ApiKeys
+// created at once: 1 at a time with client-go's limits issued 10 keys/s,
+// 16 issued 72, 64 issued 139 (of the 287 the API server took alone).
+const DefaultConcurrency = 64
 
 // Crash points, in the order a first issue passes them.
 const (
@@ -221,6 +233,7 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return r.apiKeysIn(ctx, nil)
 		})).
 		Named("apikey").
+		WithOptions(controller.Options{MaxConcurrentReconciles: cmp.Or(r.Concurrency, DefaultConcurrency)}).
 		Complete(r)
 }
 

@@ -40,6 +40,7 @@ import (
 	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/controllers"
 	"keyward.dev/keyward/internal/keys"
+	"keyward.dev/keyward/internal/manifests"
 	"keyward.dev/keyward/internal/testenv"
 )
 
@@ -52,6 +53,7 @@ var (
 	conns       = flag.Int("connections", 32, "concurrent connections of each load run")
 	bin         = flag.String("bin", "bin", "folder with keyward and bench-noop")
 	authnArgs   = flag.String("authn-args", "", "more flags for the endpoint under test, space-separated (e.g. --max-header-bytes=8192)")
+	phases      = flag.String("phases", "issuance,endpoint", "what to run: issuance (the controller), endpoint (revocation, memory, throughput, hostile load)")
 	profile     = flag.String("profile", "", "write CPU profiles of the endpoint and of the baselines during their first wrk runs here (and here.noop, here.fastnoop); a longer --duration gives finer profiles")
 )
 
@@ -78,12 +80,42 @@ func report(name, value, note string) {
 }
 
 func run() error {
+	for _, p := range strings.Split(*phases, ",") {
+		var err error
+		switch p {
+		case "issuance":
+			err = issuanceRun()
+		case "endpoint":
+			err = endpointRun()
+		default:
+			err = fmt.Errorf("--phases: unknown %q", p)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	fmt.Println("\n| measure | result | note |\n|---|---|---|")
+	for _, r := range results {
+		fmt.Printf("| %s | %s | %s |\n", r.name, r.value, r.note)
+	}
+	return nil
+}
+
+func endpointRun() error {
 	say("starting the API server")
 	env, cfg, err := testenv.Start()
 	if err != nil {
 		return err
 	}
 	defer env.Stop()
+	// Keys and records are written as the controller's ServiceAccount (the
+	// admission policies, installed below, let only it write records).
+	writer, err := env.AddUser(envtest.User{Name: "system:serviceaccount:keyward-system:keyward-controller",
+		Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return err
+	}
+	cfg = writer.Config()
 	cfg.QPS, cfg.Burst = -1, 1000
 	c, err := client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
 	if err != nil {
@@ -120,7 +152,14 @@ func run() error {
 	}
 
 	say("revocation: %d archivals with %d keys loaded", *revocations, *revokeKeys)
-	if err := revocation(ctx, c, tokens); err != nil {
+	// The admission policies as shipped: the archival PATCH passes them.
+	if _, err := manifests.ApplyDir(ctx, cfg, filepath.Join(testenv.Root(), "config", "admission")); err != nil {
+		return err
+	}
+	if _, err := manifests.ApplyDir(ctx, cfg, filepath.Join(testenv.Root(), "config", "policy")); err != nil {
+		return err
+	}
+	if err := revocation(ctx, c, tokens, dir); err != nil {
 		return err
 	}
 
@@ -232,15 +271,7 @@ func run() error {
 	report("keyward ext_authz Check (median round)", fmt.Sprintf("%.0f checks/s", medianOf(gk)), "")
 	report("gRPC Check / no-op", ratioText(grpcRatios), "target ≥ 70%")
 	report("endpoint peak memory", fmt.Sprintf("%.1f MiB", hwmMiB(authn.Process.Pid)), "VmHWM after all runs")
-	if err := hostileLoad(kwT.url, tokFile, authn.Process.Pid); err != nil {
-		return err
-	}
-
-	fmt.Println("\n| measure | result | note |\n|---|---|---|")
-	for _, r := range results {
-		fmt.Printf("| %s | %s | %s |\n", r.name, r.value, r.note)
-	}
-	return nil
+	return hostileLoad(kwT.url, tokFile, authn.Process.Pid)
 }
 
 // hostileLoad measures valid-key traffic alone and beside 5,000 idle
@@ -357,7 +388,10 @@ func createKeys(ctx context.Context, c client.Client, ns string, from, to int) (
 	pinChildren(loadCPU + "," + serverCPU)
 	defer pinChildren(loadCPU)
 	if from == 0 {
-		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		// Its keys hold a write scope (bench:write), which the default
+		// ApiKeyPolicy allows only in namespaces labelled so.
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns,
+			Labels: map[string]string{"keyward.dev/write-access": "true"}}}); err != nil {
 			return nil, err
 		}
 	}
@@ -480,8 +514,25 @@ func check(token string) int {
 	return resp.StatusCode
 }
 
-func revocation(ctx context.Context, c client.Client, tokens []string) error {
-	lat := make([]time.Duration, 0, *revocations)
+func revocation(ctx context.Context, c client.Client, tokens []string, dir string) error {
+	// Under load: wrk sends the keys that stay valid at the endpoint while
+	// the archivals are made (as in production, revocation competes with
+	// checks for the endpoint's CPU).
+	tokFile := filepath.Join(dir, "revocation-load")
+	if err := os.WriteFile(tokFile, []byte(strings.Join(tokens[*revocations:], "\n")+"\n"), 0o600); err != nil {
+		return err
+	}
+	load := exec.Command("taskset", "-c", loadCPU, "wrk", "-t1", "-c8", "-d10m", "-s", filepath.Join("test", "bench", "tokens.lua"),
+		"http://127.0.0.1:8180")
+	load.Env = append(os.Environ(), "KW_TOKENS="+tokFile)
+	if err := load.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = load.Process.Kill(); _ = load.Wait() }()
+	time.Sleep(time.Second)
+
+	call := make([]time.Duration, 0, *revocations)
+	total := make([]time.Duration, 0, *revocations)
 	for i := range *revocations {
 		key := &kw.ApiKey{}
 		if err := c.Get(ctx, client.ObjectKey{Namespace: "bench", Name: fmt.Sprintf("k%06d", i)}, key); err != nil {
@@ -492,21 +543,25 @@ func revocation(ctx context.Context, c client.Client, tokens []string) error {
 		}
 		patch := client.MergeFrom(key.DeepCopy())
 		key.Spec.Archived = true
+		sent := time.Now()
 		if err := c.Patch(ctx, key, patch); err != nil {
 			return err
 		}
-		start := time.Now()
+		call = append(call, time.Since(sent))
 		for check(tokens[i]) != 401 {
-			if time.Since(start) > 10*time.Second {
+			if time.Since(sent) > 10*time.Second {
 				return fmt.Errorf("key %d still verifies 10s after archival", i)
 			}
 		}
-		lat = append(lat, time.Since(start))
+		total = append(total, time.Since(sent))
 	}
-	slices.Sort(lat)
-	report("revocation latency p50", lat[len(lat)/2].Round(10*time.Microsecond).String(),
-		fmt.Sprintf("%d archivals, %d keys loaded", *revocations, *revokeKeys))
-	report("revocation latency p99", lat[len(lat)*99/100].Round(10*time.Microsecond).String(), "target < 100ms")
+	slices.Sort(call)
+	slices.Sort(total)
+	q := func(d []time.Duration, p int) string { return d[len(d)*p/100].Round(10 * time.Microsecond).String() }
+	report("archive call (PATCH), p50 / p99", q(call, 50)+" / "+q(call, 99),
+		fmt.Sprintf("%d archivals, %d keys loaded, admission policies installed, endpoint under load", *revocations, *revokeKeys))
+	report("revocation from the call, p50 / p99", q(total, 50)+" / "+q(total, 99),
+		"from sending the PATCH to the endpoint's first 401; target p99 ≤ 20 ms")
 	return nil
 }
 

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/controllers"
+	"keyward.dev/keyward/internal/keys"
+	"keyward.dev/keyward/internal/manifests"
+	"keyward.dev/keyward/internal/testenv"
+)
+
+var (
+	issueKeys      = flag.Int("issue-keys", 10000, "ApiKeys created at once for the issuance run")
+	controllerArgs = flag.String("controller-args", "", "more flags for the controller under test, space-separated (e.g. --max-concurrent-reconciles=1)")
+)
+
+// issuanceRun measures how fast the controller issues keys that a GitOps
+// sync of a large tenant creates all at once, beside how fast the same API
+// server takes the writes one key costs when nothing but a client makes
+// them (the limit). Both on a fresh API server of their own, with keyward's
+// admission policies installed, the controller as its own process.
+func issuanceRun() error {
+	n := *issueKeys
+	if n == 0 {
+		return nil
+	}
+	say("issuance: a fresh API server")
+	env, cfg, err := testenv.Start()
+	if err != nil {
+		return err
+	}
+	defer env.Stop()
+	pinChildren(loadCPU + "," + serverCPU)
+	ctx := context.Background()
+	if _, err := manifests.ApplyDir(ctx, cfg, filepath.Join(testenv.Root(), "config", "admission")); err != nil {
+		return err
+	}
+	// Everything writes as the controller's ServiceAccount would (the
+	// admission policies let only it write records), with every right.
+	user, err := env.AddUser(envtest.User{Name: "system:serviceaccount:keyward-system:keyward-controller",
+		Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return err
+	}
+	cfg = user.Config()
+	cfg.QPS, cfg.Burst = -1, 1000
+	c, err := client.NewWithWatch(cfg, client.Options{Scheme: controllers.NewScheme()})
+	if err != nil {
+		return err
+	}
+	for _, ns := range []string{"limit", "issue"} {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			return err
+		}
+	}
+
+	// The limit: each write issuing a key takes (the ApiKey, its Secret, its
+	// record, its status), made by 32 clients as fast as the API server
+	// takes them.
+	say("issuance: the API server's own rate for the writes of %d keys", n)
+	began := time.Now()
+	if err := parallel(n, func(i int) error {
+		k, _ := keys.Generate()
+		name := fmt.Sprintf("k%06d", i)
+		ak := &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "limit", Name: name},
+			Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"bench:read"}}}
+		if err := c.Create(ctx, ak); err != nil {
+			return err
+		}
+		owner := []metav1.OwnerReference{{APIVersion: kw.GroupVersion.String(), Kind: "ApiKey",
+			Name: ak.Name, UID: ak.UID, Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "limit", Name: name + "-apikey", OwnerReferences: owner},
+			Data: map[string][]byte{kw.SecretKeyToken: []byte(k.Token())}}
+		if err := c.Create(ctx, sec); err != nil {
+			return err
+		}
+		rec := &kw.ApiKeyRecord{ObjectMeta: metav1.ObjectMeta{Namespace: "limit", Name: name, OwnerReferences: owner},
+			Spec: kw.ApiKeyRecordSpec{Keys: []kw.RecordedKey{{KeyID: k.ID, Digest: k.Digest(), IssuedAt: metav1.Now()}}}}
+		if err := c.Create(ctx, rec); err != nil {
+			return err
+		}
+		before := ak.DeepCopy()
+		ak.Status.State, ak.Status.KeyID = kw.StateActive, k.ID
+		return c.Status().Patch(ctx, ak, client.MergeFrom(before))
+	}); err != nil {
+		return err
+	}
+	limit := float64(n) / time.Since(began).Seconds()
+	report("API server alone: the writes of one key", fmt.Sprintf("%.0f keys/s", limit),
+		fmt.Sprintf("ApiKey, Secret, record, status for %d keys by 32 clients: %.0f writes/s (the limit)", n, 4*limit))
+
+	// keyward: the controller as its own process, the same ApiKeys created
+	// at once by the same 32 clients; the clock runs until every one is
+	// Active.
+	kc, _ := user.KubeConfig()
+	dir, _ := os.MkdirTemp("", "keyward-issuance")
+	defer os.RemoveAll(dir)
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		return err
+	}
+	ctl, err := start(filepath.Join(*bin, "keyward"), append([]string{"controller", "--kubeconfig", kubeconfig, "--leader-elect=false",
+		"--endpoint-url=https://api.example.com", "--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:8391"},
+		strings.Fields(*controllerArgs)...)...)
+	if err != nil {
+		return err
+	}
+	defer stop(ctl)
+	if err := waitReady("http://127.0.0.1:8391/readyz", 0, ""); err != nil {
+		return err
+	}
+	pinChildren(loadCPU + "," + serverCPU)
+	// Deployed, the controller shares the node with others: here it may
+	// use both CPUs, as the API server does.
+	_ = exec.Command("taskset", "-apc", loadCPU+","+serverCPU, fmt.Sprint(ctl.Process.Pid)).Run()
+
+	w, err := c.Watch(ctx, &kw.ApiKeyList{}, client.InNamespace("issue"))
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	active := make(chan struct{})
+	go func() {
+		seen := map[string]bool{}
+		for ev := range w.ResultChan() {
+			if ev.Type == watch.Error {
+				continue
+			}
+			if k, ok := ev.Object.(*kw.ApiKey); ok && k.Status.State == kw.StateActive && !seen[k.Name] {
+				seen[k.Name] = true
+				if len(seen)%(max(n/5, 1)) == 0 {
+					say("   %d keys Active", len(seen))
+				}
+				if len(seen) == n {
+					close(active)
+					return
+				}
+			}
+		}
+	}()
+	say("issuance: %d ApiKeys created at once, issued by the controller", n)
+	before, err := apiserverRequests(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	cpu0 := cpuTime(ctl.Process.Pid)
+	began = time.Now()
+	var created atomic.Int64
+	var createdIn time.Duration
+	var once sync.Once
+	if err := parallel(n, func(i int) error {
+		err := c.Create(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "issue", Name: fmt.Sprintf("k%06d", i)},
+			Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"bench:read"}}})
+		if created.Add(1) == int64(n) {
+			once.Do(func() { createdIn = time.Since(began) })
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	select {
+	case <-active:
+	case <-time.After(time.Duration(n/10+60) * time.Second):
+		return fmt.Errorf("not every key was Active after %s", time.Since(began))
+	}
+	took := time.Since(began)
+	rate := float64(n) / took.Seconds()
+	report("keyward issuance, keys created at once", fmt.Sprintf("%.0f keys/s", rate),
+		fmt.Sprintf("%d ApiKeys Active in %s (created in %s); %.0f%% of the API server alone; target ≥ 250 keys/s",
+			n, took.Round(100*time.Millisecond), createdIn.Round(100*time.Millisecond), 100*rate/limit))
+	// What the API server was asked per key while the controller issued
+	// them (the clients' own creates included).
+	time.Sleep(2 * time.Second)
+	after, err := apiserverRequests(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	var per []string
+	total := 0.0
+	for k, v := range after {
+		if d := v - before[k]; d >= float64(n)/20 {
+			per = append(per, fmt.Sprintf("%s %.2f", k, d/float64(n)))
+			total += d
+		}
+	}
+	sort.Strings(per)
+	report("API requests per key issued", fmt.Sprintf("%.2f", total/float64(n)), strings.Join(per, ", "))
+	report("controller during issuance", fmt.Sprintf("%.0f MiB peak", hwmMiB(ctl.Process.Pid)),
+		fmt.Sprintf("RSS %.0f MiB after; CPU %.2f ms per key", rssMiB(ctl.Process.Pid),
+			float64((cpuTime(ctl.Process.Pid)-cpu0).Microseconds())/1000/float64(n)))
+	return nil
+}
+
+// apiserverRequests reads apiserver_request_total from the API server's
+// own metrics, summed by verb and resource ("POST secrets").
+func apiserverRequests(ctx context.Context, cfg *rest.Config) (map[string]float64, error) {
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	body, err := cs.RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("the API server's metrics: %w", err)
+	}
+	label := func(line, name string) string {
+		_, v, ok := strings.Cut(line, name+`="`)
+		if !ok {
+			return ""
+		}
+		v, _, _ = strings.Cut(v, `"`)
+		return v
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") {
+			continue
+		}
+		res := label(line, "resource")
+		if sub := label(line, "subresource"); sub != "" {
+			res += "/" + sub
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err == nil {
+			out[label(line, "verb")+" "+res] += v
+		}
+	}
+	return out, nil
+}
+
+// parallel runs f(0..n-1) on 32 goroutines and returns the first error.
+func parallel(n int, f func(i int) error) error {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var first atomic.Pointer[error]
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for first.Load() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := f(i); err != nil {
+					first.CompareAndSwap(nil, &err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if e := first.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
