@@ -42,6 +42,15 @@ const secretNameIndex = "keyward.dev/secret-name"
 // errCrashed ends a reconcile at an injected crash point (tests only).
 var errCrashed = errors.New("crash injected")
 
+// errNotCached ends a reconcile that ran on a cache older than the
+// controller's own last writes (the record it wrote moments ago is not in
+// it yet). Nothing is written, not even status: a status computed from
+// that cache would set an issued key back to Pending. The record's watch
+// event reconciles the ApiKey again; it is not a failure (it would count
+// as a reconcile error and trip KeywardReconcileErrors during every bulk
+// issuance).
+var errNotCached = errors.New("the cache has not caught up with the controller's own writes")
+
 // ApiKeyReconciler reconciles ApiKey objects.
 type ApiKeyReconciler struct {
 	client.Client
@@ -103,6 +112,11 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	v := &verdict{}
 	defer func() {
 		if errors.Is(err, errCrashed) {
+			return
+		}
+		if errors.Is(err, errNotCached) {
+			log.FromContext(ctx).V(1).Info("cache behind the controller's own writes; waiting for it")
+			result, err = ctrl.Result{RequeueAfter: time.Second}, nil
 			return
 		}
 		if perr := r.patchStatus(ctx, before, key, v); perr != nil && err == nil {

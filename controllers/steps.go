@@ -43,20 +43,42 @@ func (r *ApiKeyReconciler) loadRecord(ctx context.Context, key *kw.ApiKey) (*kw.
 // none, and also when the Secret is not keyward's to touch; then the verdict
 // says SecretConflict and v.conflict is set.
 func (r *ApiKeyReconciler) loadSecret(ctx context.Context, key *kw.ApiKey, rec *kw.ApiKeyRecord, v *verdict) (*corev1.Secret, error) {
-	name := types.NamespacedName{Namespace: key.Namespace, Name: key.EffectiveSecretName()}
 	sec := &corev1.Secret{}
-	err := r.Get(ctx, name, sec)
-	if apierrors.IsNotFound(err) {
+	err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.EffectiveSecretName()}, sec)
+	switch {
+	case apierrors.IsNotFound(err) && rec == nil && key.Status.KeyID == "":
+		// A new ApiKey: issue creates its Secret, and the API server
+		// refusing that (AlreadyExists) is how a foreign Secret, or one of
+		// ours too new for the cache, is found; issue then reads it with
+		// loadSecretLive. This saves a read for every key issued.
+		return nil, nil
+	case apierrors.IsNotFound(err):
 		// The cache holds only keyward's Secrets: ask the API server whether
 		// a foreign one stands there, or ours is too new for the cache.
-		err = r.APIReader.Get(ctx, name, sec)
-		if apierrors.IsNotFound(err) {
-			return nil, nil
-		}
+		return r.loadSecretLive(ctx, key, rec, v)
+	case err != nil:
+		return nil, fmt.Errorf("read Secret %s/%s: %w", key.Namespace, key.EffectiveSecretName(), err)
+	}
+	return r.examineSecret(ctx, key, rec, sec, v)
+}
+
+// loadSecretLive is loadSecret reading from the API server, not the cache.
+func (r *ApiKeyReconciler) loadSecretLive(ctx context.Context, key *kw.ApiKey, rec *kw.ApiKeyRecord, v *verdict) (*corev1.Secret, error) {
+	sec := &corev1.Secret{}
+	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.EffectiveSecretName()}, sec)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read Secret %s: %w", name, err)
+		return nil, fmt.Errorf("read Secret %s/%s: %w", key.Namespace, key.EffectiveSecretName(), err)
 	}
+	return r.examineSecret(ctx, key, rec, sec, v)
+}
+
+// examineSecret decides whether sec is the ApiKey's (adopting it) or not
+// keyward's to touch (nil, with the verdict saying why).
+func (r *ApiKeyReconciler) examineSecret(ctx context.Context, key *kw.ApiKey, rec *kw.ApiKeyRecord, sec *corev1.Secret, v *verdict) (*corev1.Secret, error) {
+	name := types.NamespacedName{Namespace: sec.Namespace, Name: sec.Name}
 	if why := r.foreign(key, rec, sec); why != "" {
 		v.conflict = true
 		v.set(kw.StateFailed, kw.ReasonSecretConflict, "Secret %s %s; keyward never overwrites it. "+
@@ -186,7 +208,7 @@ func (r *ApiKeyReconciler) issue(ctx context.Context, key *kw.ApiKey, v *verdict
 	live := &kw.ApiKeyRecord{}
 	switch err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(key), live); {
 	case err == nil:
-		return nil, fmt.Errorf("record of %s/%s exists but is not in the cache yet", key.Namespace, key.Name)
+		return nil, fmt.Errorf("record of %s/%s exists: %w", key.Namespace, key.Name, errNotCached)
 	case !apierrors.IsNotFound(err):
 		return nil, fmt.Errorf("read record of %s/%s: %w", key.Namespace, key.Name, err)
 	}
@@ -212,8 +234,20 @@ func (r *ApiKeyReconciler) issue(ctx context.Context, key *kw.ApiKey, v *verdict
 	if err := controllerutil.SetControllerReference(key, sec, r.Scheme()); err != nil {
 		return nil, err
 	}
-	if err := r.Create(ctx, sec, client.FieldOwner(FieldOwner)); err != nil {
-		// AlreadyExists: someone was quicker; the next reconcile sorts out whose.
+	if err := r.Create(ctx, sec, client.FieldOwner(FieldOwner)); apierrors.IsAlreadyExists(err) {
+		// A Secret stands there that the cache does not hold (loadSecret
+		// did not ask the API server for a new ApiKey): a foreign one, or
+		// ours too new for the cache. Judge it as loadSecret would have;
+		// the key drawn above was written nowhere and is dropped.
+		found, err := r.loadSecretLive(ctx, key, nil, v)
+		switch {
+		case err != nil || v.conflict:
+			return nil, err
+		case found != nil:
+			return r.recordFromSecret(ctx, key, found, v)
+		}
+		return nil, fmt.Errorf("Secret %s/%s existed and is gone again; retrying", sec.Namespace, sec.Name)
+	} else if err != nil {
 		return nil, fmt.Errorf("write Secret %s/%s for key %s: %w", sec.Namespace, sec.Name, k.ID, err)
 	}
 	if r.crash(PointSecretWritten) {

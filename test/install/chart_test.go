@@ -97,6 +97,25 @@ func TestChartMonitoringMatchesConfig(t *testing.T) {
 	compare(t, extra, byKey(t, kustomize(t, "config/prometheus")))
 }
 
+// finalizerPolicy=true adds what config/admission-finalizer holds, on a
+// cluster that has MutatingAdmissionPolicy (1.36+), and nothing on an older
+// one (the controller adds the finalizer there).
+func TestChartFinalizerPolicy(t *testing.T) {
+	on := map[string]any{"finalizerPolicy": true}
+	plain := byKey(t, render(t, nil))
+	extra := map[string]*unstructured.Unstructured{}
+	for k, o := range byKey(t, render(t, on)) {
+		if _, ok := plain[k]; !ok {
+			extra[k] = o
+		}
+	}
+	compare(t, extra, byKey(t, kustomize(t, "config/admission-finalizer")))
+	old := byKey(t, renderFor(t, on, &common.KubeVersion{Version: "v1.35.0", Major: "1", Minor: "35"}, nil))
+	if len(old) != len(plain) {
+		t.Errorf("on 1.35 with finalizerPolicy the chart renders %d objects, without it %d", len(old), len(plain))
+	}
+}
+
 // The values a platform team sets reach the objects.
 func TestChartValues(t *testing.T) {
 	objs := byKey(t, render(t, map[string]any{
@@ -151,8 +170,18 @@ func TestChartValues(t *testing.T) {
 	}
 }
 
-// render is helm template: the chart with vals, client side.
+// mapAPI is what a cluster with MutatingAdmissionPolicy (1.36+) lists.
+const mapAPI = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"
+
+// render is helm template: the chart with vals, client side, for a cluster
+// of the control plane's version (helm template --api-versions for what
+// client-side rendering cannot discover).
 func render(t *testing.T, vals map[string]any) []*unstructured.Unstructured {
+	t.Helper()
+	return renderFor(t, vals, controlPlaneVersion(t), common.VersionSet{mapAPI})
+}
+
+func renderFor(t *testing.T, vals map[string]any, kube *common.KubeVersion, apis common.VersionSet) []*unstructured.Unstructured {
 	t.Helper()
 	ch := loadChart(t)
 	in := action.NewInstall(action.NewConfiguration())
@@ -160,7 +189,8 @@ func render(t *testing.T, vals map[string]any) []*unstructured.Unstructured {
 	in.Replace = true
 	in.ReleaseName = "keyward"
 	in.Namespace = namespace
-	in.KubeVersion = controlPlaneVersion(t)
+	in.KubeVersion = kube
+	in.APIVersions = apis
 	rel, err := in.Run(ch, vals)
 	if err != nil {
 		t.Fatalf("render the chart: %v", err)
@@ -246,7 +276,8 @@ func decode(t *testing.T, manifest []byte) []*unstructured.Unstructured {
 // cluster-scoped and gives them the kustomization's namespace, which the
 // API server ignores (the install test shows both are accepted).
 var clusterScoped = map[string]bool{"Namespace": true, "CustomResourceDefinition": true, "ClusterRole": true,
-	"ClusterRoleBinding": true, "ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true}
+	"ClusterRoleBinding": true, "ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true,
+	"MutatingAdmissionPolicy": true, "MutatingAdmissionPolicyBinding": true}
 
 func key(o *unstructured.Unstructured) string {
 	if clusterScoped[o.GetKind()] {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -81,6 +82,12 @@ func TestKustomizeInstallsInOneGo(t *testing.T) {
 		}
 	}
 	checkInstalled(t, c, 3)
+	out, err := exec.Command(kubectlPath(t), "--kubeconfig", kubeconfig, "apply", "-k",
+		filepath.Join(testenv.Root(), "config", "admission-finalizer")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl apply -k config/admission-finalizer: %v\n%s", err, out)
+	}
+	checkFinalizerPolicy(t, c)
 }
 
 // helm install (Helm v4 as a Go module) on an empty cluster: deployed, not
@@ -210,6 +217,34 @@ func checkInstalled(t *testing.T, c client.Client, authnReplicas int32) {
 		}
 		time.Sleep(200 * time.Millisecond)
 		err = c.Create(ctx, &kw.ApiKeyRecord{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "forged"}})
+	}
+}
+
+// checkFinalizerPolicy: with config/admission-finalizer, the API server
+// adds keyward's finalizer to a new ApiKey, beside any other.
+func checkFinalizerPolicy(t *testing.T, c client.Client) {
+	t.Helper()
+	// Until the API server has loaded the CRD's schema for the policy, it
+	// refuses new ApiKeys (503): the reason it is not in config/default.
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var key *kw.ApiKey
+	for {
+		// A new policy (and a new kind, for the client) is in force once
+		// the API server has loaded it: retry until then.
+		key = &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "default", GenerateName: "finalized-",
+			Finalizers: []string{"example.com/other"}}, Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"orders:read"}}}
+		err := c.Create(ctx, key)
+		if err == nil && slices.Contains(key.Finalizers, kw.Finalizer) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("a new ApiKey never got the finalizer: %v %v", key.Finalizers, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !slices.Contains(key.Finalizers, "example.com/other") {
+		t.Errorf("the finalizer policy dropped another finalizer: %v", key.Finalizers)
 	}
 }
 

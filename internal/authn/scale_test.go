@@ -1,0 +1,83 @@
+package authn
+
+import (
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"keyward.dev/keyward/internal/index"
+	"keyward.dev/keyward/internal/keys"
+)
+
+// scaled is an index of n keys, each ApiKey with two scopes and a record of
+// one key (what bench-inproc serves), and 10,000 of the tokens spread over
+// it; with the heap it took, measured after a collection on each side.
+type scaled struct {
+	ix          *index.Index
+	creds       []Credentials
+	bytesPerKey float64
+}
+
+var built = map[int]*scaled{}
+
+func buildScaled(b *testing.B, n int) *scaled {
+	if s := built[n]; s != nil {
+		return s
+	}
+	b.StopTimer()
+	defer b.StartTimer()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	s := &scaled{ix: index.New()}
+	every := max(n/10000, 1)
+	for i := range n {
+		k, err := keys.Generate()
+		if err != nil {
+			b.Fatal(err)
+		}
+		nn := types.NamespacedName{Namespace: "bench", Name: fmt.Sprintf("k%07d", i)}
+		uid := types.UID("uid-" + nn.String())
+		s.ix.SetApiKey(nn, &index.ApiKey{UID: uid, Scopes: []string{"bench:read", "bench:write"}})
+		s.ix.SetRecord(nn, &index.Record{Owner: uid, Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}}})
+		if i%every == 0 {
+			s.creds = append(s.creds, Credentials{ID: k.ID, Secret: k.Secret})
+		}
+	}
+	s.ix.MarkSynced()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	credBytes := float64(len(s.creds)) * 2 * 64 // the sample's strings, not the index's
+	s.bytesPerKey = (float64(after.HeapAlloc) - float64(before.HeapAlloc) - credBytes) / float64(n)
+	built[n] = s
+	return s
+}
+
+// BenchmarkDecideAtScale: a check of a key spread over an index of 10 to
+// 1,000,000 keys (so the lookups miss the CPU caches as in production), and
+// the index's heap per key. Issue 17: per key ≤ 500 bytes at 1,000,000, and
+// checks at 1,000,000 at ≥ 90 % of the rate at 10.
+func BenchmarkDecideAtScale(b *testing.B) {
+	for _, n := range []int{10, 100_000, 1_000_000} {
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+			s := buildScaled(b, n)
+			d := &Decider{Index: s.ix}
+			required := Scopes{"bench:read"}
+			now := time.Now()
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if v := d.Decide(s.creds[i], required, now); !v.Allowed {
+					b.Fatalf("denied: %+v", v)
+				}
+				if i++; i == len(s.creds) {
+					i = 0
+				}
+			}
+			b.ReportMetric(s.bytesPerKey, "index-B/key")
+		})
+	}
+}
