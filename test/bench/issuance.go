@@ -88,8 +88,7 @@ func issuanceRun() error {
 		if err := c.Create(ctx, ak); err != nil {
 			return err
 		}
-		owner := []metav1.OwnerReference{{APIVersion: kw.GroupVersion.String(), Kind: "ApiKey",
-			Name: ak.Name, UID: ak.UID, Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}
+		owner := ownedBy(ak)
 		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "limit", Name: name + "-apikey", OwnerReferences: owner},
 			Data: map[string][]byte{kw.SecretKeyToken: []byte(k.Token())}}
 		if err := c.Create(ctx, sec); err != nil {
@@ -246,6 +245,13 @@ func apiserverRequests(ctx context.Context, cfg *rest.Config) (map[string]float6
 		}
 	}
 	return out, nil
+}
+
+// ownedBy is the controller reference to ak that keyward sets on its
+// records and Secrets.
+func ownedBy(ak *kw.ApiKey) []metav1.OwnerReference {
+	return []metav1.OwnerReference{{APIVersion: kw.GroupVersion.String(), Kind: "ApiKey",
+		Name: ak.Name, UID: ak.UID, Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}
 }
 
 // parallel runs f(0..n-1) on 32 goroutines and returns the first error.

@@ -33,7 +33,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -396,55 +395,30 @@ func createKeys(ctx context.Context, c client.Client, ns string, from, to int) (
 		}
 	}
 	tokens := make([]string, to-from)
-	var next atomic.Int64
-	next.Store(int64(from))
-	var wg sync.WaitGroup
-	errs := make(chan error, 1)
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= to {
-					return
-				}
-				k, _ := keys.Generate()
-				name := fmt.Sprintf("k%06d", i)
-				ak := &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-					Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"bench:read", "bench:write"}}}
-				rec := &kw.ApiKeyRecord{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-					Spec: kw.ApiKeyRecordSpec{Keys: []kw.RecordedKey{{KeyID: k.ID, Digest: k.Digest(), IssuedAt: metav1.Now()}}}}
-				fail := func(err error) {
-					select {
-					case errs <- err:
-					default:
-					}
-				}
-				if err := c.Create(ctx, ak); err != nil {
-					fail(err)
-					return
-				}
-				// The endpoint serves a record only while its ApiKey
-				// controls it, as the controller writes it.
-				rec.OwnerReferences = []metav1.OwnerReference{{APIVersion: kw.GroupVersion.String(), Kind: "ApiKey",
-					Name: ak.Name, UID: ak.UID, Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}
-				if err := c.Create(ctx, rec); err != nil {
-					fail(err)
-					return
-				}
-				tokens[i-from] = k.Token()
-				if n := i + 1; n%20000 == 0 {
-					say("   %d keys", n)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	select {
-	case err := <-errs:
+	err := parallel(to-from, func(j int) error {
+		i := from + j
+		k, _ := keys.Generate()
+		name := fmt.Sprintf("k%06d", i)
+		ak := &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+			Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"bench:read", "bench:write"}}}
+		if err := c.Create(ctx, ak); err != nil {
+			return err
+		}
+		// The endpoint serves a record only while its ApiKey controls it,
+		// as the controller writes it.
+		rec := &kw.ApiKeyRecord{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, OwnerReferences: ownedBy(ak)},
+			Spec: kw.ApiKeyRecordSpec{Keys: []kw.RecordedKey{{KeyID: k.ID, Digest: k.Digest(), IssuedAt: metav1.Now()}}}}
+		if err := c.Create(ctx, rec); err != nil {
+			return err
+		}
+		tokens[j] = k.Token()
+		if n := i + 1; n%20000 == 0 {
+			say("   %d keys", n)
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
-	default:
 	}
 	return tokens, nil
 }
