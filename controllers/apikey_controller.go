@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -27,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/internal/policy"
@@ -67,6 +69,9 @@ type ApiKeyReconciler struct {
 	// Concurrency is how many ApiKeys are reconciled at once (default
 	// DefaultConcurrency); one ApiKey is never reconciled twice at once.
 	Concurrency int
+	// RateLimiter, when set, replaces controller-runtime's retry backoff
+	// (tests that fail many reconciles on purpose).
+	RateLimiter workqueue.TypedRateLimiter[reconcile.Request]
 }
 
 // DefaultConcurrency: a reconcile mostly waits for the API server (six
@@ -247,7 +252,7 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return r.apiKeysIn(ctx, nil)
 		})).
 		Named("apikey").
-		WithOptions(controller.Options{MaxConcurrentReconciles: cmp.Or(r.Concurrency, DefaultConcurrency)}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: cmp.Or(r.Concurrency, DefaultConcurrency), RateLimiter: r.RateLimiter}).
 		Complete(r)
 }
 
