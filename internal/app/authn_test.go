@@ -98,12 +98,15 @@ func startEndpointWith(t testing.TB, c *rest.Config, o AuthnOptions) *endpoint {
 }
 
 // startController runs the controller for the test's namespace.
-func startController(t testing.TB) {
+func startController(t testing.TB) { t.Helper(); startControllerWith(t, cfg) }
+
+// startControllerWith runs the controller with the given connection.
+func startControllerWith(t testing.TB, c *rest.Config) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- RunController(ctx, cfg, ControllerOptions{
+		done <- RunController(ctx, c, ControllerOptions{
 			EndpointURL: "http://example.test", MetricsAddr: "0", HealthAddr: "0",
 			Logger: logging.New(io.Discard, 0), AgainInProcess: true,
 		})
