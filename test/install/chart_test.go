@@ -373,3 +373,27 @@ func TestChartNotesCarryTheArgoCDHealthCheck(t *testing.T) {
 		t.Errorf("the notes lack the health check:\n%s", notes)
 	}
 }
+
+// Values the chart cannot use are refused by its schema, with a message
+// that names the value, before anything reaches a cluster.
+func TestChartRefusesBadValues(t *testing.T) {
+	for name, c := range map[string]struct {
+		vals map[string]any
+		says string
+	}{
+		"replicas as words":     {map[string]any{"authn": map[string]any{"replicas": "three"}}, "replicas"},
+		"a misspelt value":      {map[string]any{"endpointUrl": "https://x"}, "endpointUrl"},
+		"a tag as digest":       {map[string]any{"image": map[string]any{"digest": "v1.2.3"}}, "digest"},
+		"a URL without scheme":  {map[string]any{"endpointURL": "api.example.com"}, "endpointURL"},
+		"a flag without dashes": {map[string]any{"controller": map[string]any{"extraArgs": []any{"leader-elect"}}}, "extraArgs"},
+	} {
+		ch := loadChart(t)
+		in := action.NewInstall(action.NewConfiguration())
+		in.DryRunStrategy, in.Replace, in.ReleaseName, in.Namespace = action.DryRunClient, true, "keyward", namespace
+		in.KubeVersion = controlPlaneVersion(t)
+		_, err := in.Run(ch, c.vals)
+		if err == nil || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("%s: want a refusal naming %s, got %v", name, c.says, err)
+		}
+	}
+}
