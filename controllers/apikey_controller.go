@@ -74,11 +74,12 @@ type ApiKeyReconciler struct {
 	RateLimiter workqueue.TypedRateLimiter[reconcile.Request]
 }
 
-// DefaultConcurrency: a reconcile mostly waits for the API server (six
-// calls to issue a key, each tens of milliseconds when the API server is
-// busy), so many run at once even on one core. make bench, 5,000 ApiKeys
-// created at once: 1 at a time with client-go's limits issued 10 keys/s,
-// 16 issued 72, 64 issued 139 (of the 287 the API server took alone).
+// DefaultConcurrency: a reconcile mostly waits for the API server (about
+// six requests to issue a key, each tens of milliseconds when the API
+// server is busy), so many run at once even on one core. make bench,
+// 5,000 ApiKeys created at once: 1 at a time with client-go's limits
+// issued 10 keys/s, 16 issued 72, 64 issued 139 (of the 287 the API server
+// took alone); docs/benchmarks.md has the later figures.
 const DefaultConcurrency = 64
 
 // Crash points, in the order a first issue passes them.

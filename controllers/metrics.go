@@ -55,8 +55,9 @@ func (keysCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	// Read-only: no copy of every ApiKey in the cache on each scrape.
 	var keys kw.ApiKeyList
-	if err := (*r).List(ctx, &keys); err != nil {
+	if err := (*r).List(ctx, &keys, client.UnsafeDisableDeepCopy); err != nil {
 		ch <- prometheus.NewInvalidMetric(keysDesc, err)
 		return
 	}

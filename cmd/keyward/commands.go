@@ -243,4 +243,3 @@ func trimList(in []string) []string {
 	}
 	return out
 }
-

@@ -100,8 +100,9 @@ func startEndpointWith(t testing.TB, c *rest.Config, o AuthnOptions) *endpoint {
 // startController runs the controller for the test's namespace.
 func startController(t testing.TB) { t.Helper(); startControllerWith(t, cfg) }
 
-// startControllerWith runs the controller with the given connection.
-func startControllerWith(t testing.TB, c *rest.Config) {
+// startControllerWith runs the controller with the given connection until
+// the test ends or stop is called.
+func startControllerWith(t testing.TB, c *rest.Config) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -111,20 +112,33 @@ func startControllerWith(t testing.TB, c *rest.Config) {
 			Logger: logging.New(io.Discard, 0), AgainInProcess: true,
 		})
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
 }
 
 func (e *endpoint) check(t testing.TB, token, scope string) int {
 	t.Helper()
+	code, err := e.status(token, scope)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+// status is a check's status code; unlike check it may be called from
+// goroutines other than the test's.
+func (e *endpoint) status(token, scope string) (int, error) {
 	req, _ := http.NewRequest("GET", e.url+"/authn?scope="+scope, nil)
 	req.Header.Set("x-api-key", token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	return resp.StatusCode
+	return resp.StatusCode, nil
 }
 
 func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {

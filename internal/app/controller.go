@@ -71,8 +71,9 @@ type ControllerOptions struct {
 }
 
 // The client-side limits of the controller's requests. Issuing a key takes
-// six calls (two reads past the cache, four writes); client-go's default of
-// 5 requests a second held make run to under three keys a second.
+// about six requests (a read past the cache and five writes, its Event
+// included: make bench counts them); client-go's default of 5 requests a
+// second held make run to under three keys a second.
 const (
 	DefaultQPS   = 1000
 	DefaultBurst = 2000

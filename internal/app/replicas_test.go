@@ -3,9 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -16,20 +14,6 @@ import (
 
 	kw "keyward.dev/keyward/api/v1alpha1"
 )
-
-// statusOf is a check's status, -1 when it got no answer (for goroutines
-// other than the test's, which may not end the test).
-func statusOf(e *endpoint, token string) int {
-	req, _ := http.NewRequest("GET", e.url+"/authn", nil)
-	req.Header.Set("x-api-key", token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return -1
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode
-}
 
 // TestRevocationAcrossReplicasUnderLoad archives 200 keys one by one while
 // three endpoint replicas answer a steady load of other keys, and times each
@@ -68,7 +52,7 @@ func TestRevocationAcrossReplicasUnderLoad(t *testing.T) {
 				default:
 				}
 				tok := tokens[names[archivals+rand.IntN(steady)]]
-				if statusOf(replicas[rand.IntN(len(replicas))], tok) == 200 {
+				if code, _ := replicas[rand.IntN(len(replicas))].status(tok, ""); code == 200 {
 					served.Add(1)
 				} else {
 					refused.Add(1)

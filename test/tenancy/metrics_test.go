@@ -76,6 +76,14 @@ func TestMetricsAndUsageAnswerOnlyAuthorizedCallers(t *testing.T) {
 			t.Errorf("%s, GET %s: %d %.200q; want %d with %q", tc.who, tc.url, code, body, tc.code, tc.says)
 		}
 	}
+	// Only the registered paths reach the auth filter, which logs the path
+	// of a refused caller: a path carrying a key is turned away before it,
+	// so that log line can hold no key material.
+	for _, path := range []string{"/metrics/" + forged(t, "abcdefghijklmnop"), "/usage/x", "/" + forged(t, "abcdefghijklmnop")} {
+		if code, _ := get("https://"+authnMetrics+path, ""); code != 404 {
+			t.Errorf("GET %s: %d, want 404 before any authentication", path, code)
+		}
+	}
 	// Plain HTTP is not served.
 	if resp, err := http.Get("http://" + authnMetrics + "/metrics"); err == nil {
 		resp.Body.Close()
