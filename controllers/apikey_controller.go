@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -72,6 +73,9 @@ type ApiKeyReconciler struct {
 	// RateLimiter, when set, replaces controller-runtime's retry backoff
 	// (tests that fail many reconciles on purpose).
 	RateLimiter workqueue.TypedRateLimiter[reconcile.Request]
+
+	// tokens is set by SetupWithManager.
+	tokens *tokenChecks
 }
 
 // DefaultConcurrency: a reconcile mostly waits for the API server (about
@@ -105,6 +109,9 @@ const (
 func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, err error) {
 	key := &kw.ApiKey{}
 	if err := r.Get(ctx, req.NamespacedName, key); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.tokens.forget(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !key.DeletionTimestamp.IsZero() {
@@ -210,10 +217,11 @@ func (r *ApiKeyReconciler) revokeDeleted(ctx context.Context, key *kw.ApiKey) er
 	if err := r.Delete(ctx, rec); client.IgnoreNotFound(err) != nil {
 		return fmt.Errorf("revoke deleted key %s/%s: %w", key.Namespace, key.Name, err)
 	}
-	sec := &corev1.Secret{}
-	err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.EffectiveSecretName()}, sec)
-	if err == nil && r.ownsSecret(key, sec) {
-		if err := r.Delete(ctx, sec, client.Preconditions{UID: &sec.UID}); client.IgnoreNotFound(err) != nil {
+	m := secretMetadata()
+	nn := types.NamespacedName{Namespace: key.Namespace, Name: key.EffectiveSecretName()}
+	err := r.Get(ctx, nn, m)
+	if err == nil && r.ownsSecret(key, &corev1.Secret{ObjectMeta: m.ObjectMeta}) {
+		if err := r.Delete(ctx, m, client.Preconditions{UID: &m.UID}); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("delete Secret of deleted key %s/%s: %w", key.Namespace, key.Name, err)
 		}
 	} else if client.IgnoreNotFound(err) != nil {
@@ -224,6 +232,7 @@ func (r *ApiKeyReconciler) revokeDeleted(ctx context.Context, key *kw.ApiKey) er
 	if err := r.Patch(ctx, key, patch, client.FieldOwner(FieldOwner)); client.IgnoreNotFound(err) != nil {
 		return fmt.Errorf("remove finalizer from %s/%s: %w", key.Namespace, key.Name, err)
 	}
+	r.tokens.forget(client.ObjectKeyFromObject(key))
 	log.FromContext(ctx).Info("revoked deleted key", "keyId", key.Status.KeyID)
 	return nil
 }
@@ -233,6 +242,7 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
+	r.tokens = &tokenChecks{}
 	err := mgr.GetFieldIndexer().IndexField(context.Background(), &kw.ApiKey{}, secretNameIndex,
 		func(o client.Object) []string { return []string{o.(*kw.ApiKey).EffectiveSecretName()} })
 	if err != nil {
@@ -244,7 +254,9 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&kw.ApiKey{}, builder.WithPredicates(notUsageOnly)).
 		Owns(&kw.ApiKeyRecord{}).
-		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.apiKeysForSecret)).
+		// Metadata only: what wakes an ApiKey is in a Secret's labels and
+		// name, and the controller keeps no plaintext (NewClient).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.apiKeysForSecret), builder.OnlyMetadata).
 		// A namespace's labels and the ApiKeyPolicies decide which
 		// restricted scopes a key may hold (ScopeNotAllowed).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.apiKeysIn),

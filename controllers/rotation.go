@@ -103,6 +103,7 @@ func (r *ApiKeyReconciler) rotate(ctx context.Context, key *kw.ApiKey, rec *kw.A
 	if err != nil {
 		return nil, err
 	}
+	r.tokens.pass(key, sec, rec)
 	if r.crash(PointRotationRecordWritten) {
 		return nil, errCrashed
 	}

@@ -1,10 +1,15 @@
 package controllers
 
 import (
+	"context"
+	"errors"
+
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -25,7 +30,9 @@ func NewScheme() *runtime.Scheme {
 
 // CacheOptions are the controller's cache settings: it sees only the Secrets
 // keyward labelled, so its memory does not grow with the cluster's other
-// Secrets, and managed fields are dropped from everything it caches.
+// Secrets, and managed fields are dropped from everything it caches. It
+// holds those Secrets' metadata only (SetupWithManager watches them with
+// builder.OnlyMetadata; NewClient refuses a whole Secret from the cache).
 func CacheOptions() cache.Options {
 	return cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
@@ -33,4 +40,45 @@ func CacheOptions() cache.Options {
 			&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{kw.LabelManagedBy: kw.ManagedByValue})},
 		},
 	}
+}
+
+// NewClient is the controller's client: client.New, except that its cache
+// refuses to read a whole Secret. keyward caches its Secrets as metadata
+// only: a read of a whole Secret through the cache would start a second
+// informer, holding every key's plaintext in the controller's memory for
+// the life of the process (and ~1 KB a key). A Secret's content is read
+// from the API server, with APIReader, when a reconcile needs it.
+func NewClient(config *rest.Config, options client.Options) (client.Client, error) {
+	if options.Cache != nil && options.Cache.Reader != nil {
+		c := *options.Cache
+		c.Reader = metadataOnlySecrets{c.Reader}
+		options.Cache = &c
+	}
+	return client.New(config, options)
+}
+
+// errWholeSecret is a bug in keyward: a whole Secret read from the cache.
+var errWholeSecret = errors.New("keyward caches Secrets as metadata only: read a Secret's content with APIReader")
+
+type metadataOnlySecrets struct{ client.Reader }
+
+func (c metadataOnlySecrets) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, whole := obj.(*corev1.Secret); whole {
+		return errWholeSecret
+	}
+	return c.Reader.Get(ctx, key, obj, opts...)
+}
+
+func (c metadataOnlySecrets) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	if _, whole := list.(*corev1.SecretList); whole {
+		return errWholeSecret
+	}
+	return c.Reader.List(ctx, list, opts...)
+}
+
+// secretMetadata is an empty Secret's metadata, to read from the cache.
+func secretMetadata() *metav1.PartialObjectMetadata {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+	return m
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"strconv"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -42,9 +43,15 @@ func (r *ApiKeyReconciler) loadRecord(ctx context.Context, key *kw.ApiKey) (*kw.
 // loadSecret reads the Secret the ApiKey names. It returns nil when there is
 // none, and also when the Secret is not keyward's to touch; then the verdict
 // says SecretConflict and v.conflict is set.
+//
+// The cache holds Secrets' metadata only. The Secret's content is read from
+// the API server only when the reconcile needs it: to rebuild a record from
+// it, or to check that its token is one of the record's keys, which is done
+// once per version of the Secret and of the record (tokenChecks). The
+// Secret returned then carries metadata only.
 func (r *ApiKeyReconciler) loadSecret(ctx context.Context, key *kw.ApiKey, rec *kw.ApiKeyRecord, v *verdict) (*corev1.Secret, error) {
-	sec := &corev1.Secret{}
-	err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.EffectiveSecretName()}, sec)
+	m := secretMetadata()
+	err := r.Get(ctx, types.NamespacedName{Namespace: key.Namespace, Name: key.EffectiveSecretName()}, m)
 	switch {
 	case apierrors.IsNotFound(err) && rec == nil && key.Status.KeyID == "":
 		// A new ApiKey: issue creates its Secret, and the API server
@@ -58,6 +65,10 @@ func (r *ApiKeyReconciler) loadSecret(ctx context.Context, key *kw.ApiKey, rec *
 		return r.loadSecretLive(ctx, key, rec, v)
 	case err != nil:
 		return nil, fmt.Errorf("read Secret %s/%s: %w", key.Namespace, key.EffectiveSecretName(), err)
+	}
+	sec := &corev1.Secret{ObjectMeta: m.ObjectMeta}
+	if rec == nil || !rotationInFlight(key, rec, sec) && !r.tokens.checked(key, sec, rec) {
+		return r.loadSecretLive(ctx, key, rec, v)
 	}
 	return r.examineSecret(ctx, key, rec, sec, v)
 }
@@ -118,7 +129,7 @@ func (r *ApiKeyReconciler) foreign(key *kw.ApiKey, rec *kw.ApiKeyRecord, sec *co
 		(ref.Kind != "ApiKey" || ref.Name != key.Name) {
 		return fmt.Sprintf("is controlled by %s %q", ref.Kind, ref.Name)
 	}
-	if rec == nil || rotationInFlight(key, rec, sec) {
+	if rec == nil || rotationInFlight(key, rec, sec) || r.tokens.checked(key, sec, rec) {
 		return ""
 	}
 	id, secret, err := keys.Parse(string(sec.Data[kw.SecretKeyToken]))
@@ -128,6 +139,7 @@ func (r *ApiKeyReconciler) foreign(key *kw.ApiKey, rec *kw.ApiKeyRecord, sec *co
 	digest := keys.Digest(secret)
 	for _, k := range rec.Spec.Keys {
 		if k.KeyID == id && subtle.ConstantTimeCompare([]byte(k.Digest), []byte(digest)) == 1 {
+			r.tokens.pass(key, sec, rec)
 			return ""
 		}
 	}
@@ -260,6 +272,7 @@ func (r *ApiKeyReconciler) issue(ctx context.Context, key *kw.ApiKey, v *verdict
 	if r.crash(PointRecordWritten) {
 		return nil, errCrashed
 	}
+	r.tokens.pass(key, sec, rec) // both as written: the next reconcile need not read the Secret back
 	log.FromContext(ctx).Info("issued key", "keyId", k.ID, "secret", sec.Name)
 	r.Recorder.Eventf(key, nil, corev1.EventTypeNormal, kw.ReasonIssued, "Issue", "issued key %s into Secret %s", k.ID, sec.Name)
 	v.record = rec
@@ -332,4 +345,68 @@ func (r *ApiKeyReconciler) archive(ctx context.Context, key *kw.ApiKey, rec *kw.
 		v.state = kw.StateArchived
 	}
 	return nil
+}
+
+// tokenChecks remembers, for each ApiKey, the version of its Secret found to hold one of
+// its record's keys, and the version of the record it was checked
+// against: as long as neither changes, the check holds, and the Secret's
+// content need not be read again. A few dozen bytes a key, and no key
+// material: the controller keeps no plaintext between reconciles.
+type tokenChecks struct {
+	mu sync.Mutex
+	m  map[types.NamespacedName]tokenCheck
+}
+
+type tokenCheck struct {
+	secretUID, recordUID types.UID
+	secretRV, recordRV   string
+}
+
+func checkOf(sec *corev1.Secret, rec *kw.ApiKeyRecord) tokenCheck {
+	return tokenCheck{secretUID: sec.UID, recordUID: rec.UID, secretRV: sec.ResourceVersion, recordRV: rec.ResourceVersion}
+}
+
+// checked reports whether this version of sec was found to hold a key of
+// this version of rec.
+func (t *tokenChecks) checked(key *kw.ApiKey, sec *corev1.Secret, rec *kw.ApiKeyRecord) bool {
+	if t == nil || sec.ResourceVersion == "" || rec.ResourceVersion == "" {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, ok := t.m[client.ObjectKeyFromObject(key)]
+	return ok && c == checkOf(sec, rec)
+}
+
+// pass records that sec holds a key of rec.
+func (t *tokenChecks) pass(key *kw.ApiKey, sec *corev1.Secret, rec *kw.ApiKeyRecord) {
+	if t == nil || sec.ResourceVersion == "" || rec.ResourceVersion == "" {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = map[types.NamespacedName]tokenCheck{}
+	}
+	t.m[client.ObjectKeyFromObject(key)] = checkOf(sec, rec)
+}
+
+// forget drops what is known of an ApiKey's Secret (the ApiKey is gone).
+func (t *tokenChecks) forget(nn types.NamespacedName) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.m, nn)
+}
+
+// len is the number of ApiKeys remembered.
+func (t *tokenChecks) len() int {
+	if t == nil {
+		return 0
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
 }

@@ -150,6 +150,7 @@ func startManagerWithConfig(t testing.TB, cfg *rest.Config, ns string, opts ...o
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 NewScheme(),
 		Cache:                  co,
+		NewClient:              NewClient,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Controller:             config.Controller{SkipNameValidation: &skip},

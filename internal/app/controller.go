@@ -86,6 +86,7 @@ func RunController(ctx context.Context, cfg *rest.Config, o ControllerOptions) e
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  controllers.NewScheme(),
 		Cache:                   controllers.CacheOptions(),
+		NewClient:               controllers.NewClient,
 		Metrics:                 secureMetrics(o.MetricsAddr, o.MetricsCertDir, nil),
 		HealthProbeBindAddress:  o.HealthAddr,
 		LeaderElection:          o.LeaderElect,
