@@ -270,7 +270,7 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 }
 
 // notUsageOnly lets through every ApiKey event but an update that changes
-// nothing but the usage figures: the collector writes those up to once a
+// nothing but the usage figures (and quota): the collector writes those up to once a
 // minute per key with traffic, and they change nothing to reconcile.
 var notUsageOnly = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 	old, ok1 := e.ObjectOld.(*kw.ApiKey)
@@ -280,7 +280,7 @@ var notUsageOnly = predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 	}
 	a, b := old.DeepCopy(), cur.DeepCopy()
 	for _, k := range []*kw.ApiKey{a, b} {
-		k.Status.Usage, k.Status.LastUsedAt, k.ResourceVersion, k.ManagedFields = nil, nil, "", nil
+		k.Status.Usage, k.Status.LastUsedAt, k.Status.Quota, k.ResourceVersion, k.ManagedFields = nil, nil, nil, "", nil
 	}
 	return !equality.Semantic.DeepEqual(a, b)
 }}
@@ -373,6 +373,7 @@ func (r *ApiKeyReconciler) patchStatus(ctx context.Context, before, key *kw.ApiK
 	st.SecretName = key.EffectiveSecretName()
 	st.Endpoint = r.Endpoint
 	st.Scopes = joinScopes(key.Spec.Scopes)
+	st.Limits = key.Spec.Limits.String()
 	st.ObservedGeneration = key.Generation
 	if cur := currentKey(v.record); cur != nil {
 		st.KeyID = cur.KeyID

@@ -11,6 +11,7 @@ import (
 	"github.com/go-logr/logr"
 	"golang.org/x/time/rate"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -131,15 +132,24 @@ func (u *UsageCollector) round(ctx context.Context) error {
 		key := &keys.Items[i]
 		nn := types.NamespacedName{Namespace: key.Namespace, Name: key.Name}
 		nu, last := usage.Fold(key.Status.Usage, key.Status.LastUsedAt, obs[nn], live, now)
-		if !usage.Changed(key.Status.Usage, key.Status.LastUsedAt, nu, last) ||
-			now.Sub(u.lastWrite[nn]) < u.MinWrite {
+		quota := quotaOf(key, nu, now)
+		quotaChanged := !equality.Semantic.DeepEqual(quota, key.Status.Quota)
+		// A key with a daily quota is written every round its figures
+		// move: the replicas' shares of what is left are refreshed from
+		// it (internal/index/limits.go).
+		minWrite := u.MinWrite
+		if quota != nil {
+			minWrite = 0
+		}
+		if !quotaChanged && (!usage.Changed(key.Status.Usage, key.Status.LastUsedAt, nu, last) ||
+			now.Sub(u.lastWrite[nn]) < minWrite) {
 			continue
 		}
 		if err := u.limiter.Wait(ctx); err != nil {
 			return nil
 		}
 		before := key.DeepCopy()
-		key.Status.Usage, key.Status.LastUsedAt = nu, last
+		key.Status.Usage, key.Status.LastUsedAt, key.Status.Quota = nu, last, quota
 		err := u.Client.Status().Patch(ctx, key, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}),
 			client.FieldOwner(FieldOwner))
 		switch {
@@ -153,6 +163,20 @@ func (u *UsageCollector) round(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// quotaOf is where key stands against its daily quota with usage nu at
+// now, nil when it has none.
+func quotaOf(key *kw.ApiKey, nu *kw.Usage, now time.Time) *kw.Quota {
+	perDay := key.Spec.Limits.PerDay()
+	if perDay == 0 {
+		return nil
+	}
+	q := &kw.Quota{RequestsPerDay: perDay, ExhaustedUntil: usage.ExhaustedUntil(nu, perDay, now)}
+	if nu != nil {
+		q.Used = nu.Last24h
+	}
+	return q
 }
 
 func (u *UsageCollector) fetch(ctx context.Context, base string) (*usage.Report, error) {

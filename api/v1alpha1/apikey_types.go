@@ -1,8 +1,11 @@
 package v1alpha1
 
 import (
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"strconv"
+	"strings"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // Scope is one permission a key grants: segments of lowercase letters,
@@ -57,6 +60,86 @@ type ApiKeySpec struct {
 	// previous key keeps working for a grace period.
 	// +optional
 	Rotation *Rotation `json:"rotation,omitempty"`
+
+	// Limits cap the calls the key may make, across all its keys (the
+	// current one and those still in a rotation's grace period). Every
+	// endpoint replica enforces them; a change takes effect within a
+	// second, with the same key.
+	// +optional
+	Limits *Limits `json:"limits,omitempty"`
+}
+
+// Limits cap a key's calls: a rate with a burst (a token bucket), and a
+// quota over a rolling 24 hours. A call over a limit is refused with 429.
+// +kubebuilder:validation:XValidation:rule="!has(self.burst) || has(self.requestsPerSecond)",message="spec.limits.burst needs spec.limits.requestsPerSecond: burst is how many calls may come at once on top of that rate"
+type Limits struct {
+	// RequestsPerSecond is the rate the key may keep up: the bucket refills
+	// at this many calls a second.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	RequestsPerSecond *int32 `json:"requestsPerSecond,omitempty"`
+	// Burst is how many calls may come at once, the bucket's size
+	// (default: requestsPerSecond).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000000
+	Burst *int32 `json:"burst,omitempty"`
+	// RequestsPerDay is the quota of allowed calls in any 24 hours, the
+	// same rolling window as the CALLS-24H column.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000000000
+	RequestsPerDay *int64 `json:"requestsPerDay,omitempty"`
+}
+
+// Rate is the limit's calls per second and its burst, 0, 0 for none.
+func (l *Limits) Rate() (perSecond, burst int64) {
+	if l == nil || l.RequestsPerSecond == nil {
+		return 0, 0
+	}
+	perSecond, burst = int64(*l.RequestsPerSecond), int64(*l.RequestsPerSecond)
+	if l.Burst != nil {
+		burst = int64(*l.Burst)
+	}
+	return perSecond, burst
+}
+
+// PerDay is the daily quota, 0 for none.
+func (l *Limits) PerDay() int64 {
+	if l == nil || l.RequestsPerDay == nil {
+		return 0
+	}
+	return *l.RequestsPerDay
+}
+
+// String is the limits as kubectl shows them: 50/s (burst 100), 1000/day.
+func (l *Limits) String() string {
+	var parts []string
+	if rate, burst := l.Rate(); rate > 0 {
+		p := strconv.FormatInt(rate, 10) + "/s"
+		if burst != rate {
+			p += " (burst " + strconv.FormatInt(burst, 10) + ")"
+		}
+		parts = append(parts, p)
+	}
+	if d := l.PerDay(); d > 0 {
+		parts = append(parts, strconv.FormatInt(d, 10)+"/day")
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Quota is where a key stands against its daily quota.
+type Quota struct {
+	// RequestsPerDay is the quota (spec.limits.requestsPerDay).
+	RequestsPerDay int64 `json:"requestsPerDay"`
+	// Used is the allowed calls of the trailing 24 hours (usage.last24h).
+	Used int64 `json:"used"`
+	// ExhaustedUntil, when set, is when enough of the window's calls fall
+	// out for the key to be allowed again: until then every replica
+	// refuses it with quota_exceeded.
+	// +optional
+	ExhaustedUntil *metav1.Time `json:"exhaustedUntil,omitempty"`
 }
 
 // Rotation asks for new keys, by hand or on a schedule.
@@ -131,6 +214,10 @@ type Usage struct {
 	// Denied24h is the number of denied calls in the trailing 24 hours.
 	// +optional
 	Denied24h int64 `json:"denied24h"`
+	// Limited24h is how many of the denied calls were refused for the
+	// key's limits (429: rate_limited or quota_exceeded).
+	// +optional
+	Limited24h int64 `json:"limited24h,omitempty"`
 	// Hours are the calls by hour (UTC), oldest first, counted in the hour
 	// the controller collected them. An hour falls out once it began more
 	// than 24 hours ago, so Last24h and Denied24h never count a call older
@@ -151,9 +238,12 @@ type Usage struct {
 type UsageHour struct {
 	// Start is the beginning of the hour.
 	Start metav1.Time `json:"start"`
-	// Allowed and Denied count the calls of the hour.
+	// Allowed and Denied count the calls of the hour; Limited, those of
+	// the denied refused for the key's limits.
 	Allowed int64 `json:"allowed"`
 	Denied  int64 `json:"denied"`
+	// +optional
+	Limited int64 `json:"limited,omitempty"`
 }
 
 // UsageCursor is how far one endpoint replica's counts for one key ID are
@@ -164,9 +254,12 @@ type UsageCursor struct {
 	Replica string `json:"replica"`
 	// +kubebuilder:validation:MaxLength=64
 	KeyID string `json:"keyId"`
-	// Allowed and Denied are the replica's counts taken in so far.
+	// Allowed, Denied and Limited are the replica's counts taken in so
+	// far.
 	Allowed int64 `json:"allowed"`
 	Denied  int64 `json:"denied"`
+	// +optional
+	Limited int64 `json:"limited,omitempty"`
 	// SeenAt is when the replica last reported; a cursor whose replica is
 	// gone is dropped a day later.
 	SeenAt metav1.Time `json:"seenAt"`
@@ -208,6 +301,12 @@ type ApiKeyStatus struct {
 	// Usage counts the calls of the trailing 24 hours.
 	// +optional
 	Usage *Usage `json:"usage,omitempty"`
+	// Limits is spec.limits as one string, for kubectl (-o wide).
+	// +optional
+	Limits string `json:"limits,omitempty"`
+	// Quota is where the key stands against spec.limits.requestsPerDay.
+	// +optional
+	Quota *Quota `json:"quota,omitempty"`
 	// Conditions: Ready says whether the key is issued, delivered and valid.
 	// +optional
 	// +listType=map
@@ -229,6 +328,9 @@ type ApiKeyStatus struct {
 // +kubebuilder:printcolumn:name="Calls-24h",type=integer,JSONPath=`.status.usage.last24h`
 // +kubebuilder:printcolumn:name="Last Used",type=date,JSONPath=`.status.lastUsedAt`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Limits",type=string,JSONPath=`.status.limits`,priority=1
+// +kubebuilder:printcolumn:name="Quota-Used",type=integer,JSONPath=`.status.quota.used`,priority=1
+// +kubebuilder:printcolumn:name="Limited-24h",type=integer,JSONPath=`.status.usage.limited24h`,priority=1
 // +kubebuilder:validation:XValidation:rule="has(self.spec.secretName) || size(self.metadata.name) <= 246",message="the name is too long for the default Secret name <name>-apikey; set spec.secretName"
 type ApiKey struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -44,7 +44,9 @@ func applyIn(t *testing.T, ns, manifest string) error {
 		t.Fatalf("bad test manifest: %v", err)
 	}
 	u.SetNamespace(ns)
-	return c.Create(context.Background(), u)
+	// Strict, as kubectl apply and create validate by default: an unknown
+	// field is refused, not dropped.
+	return c.Create(context.Background(), u, client.FieldValidation("Strict"))
 }
 
 const header = "apiVersion: keyward.dev/v1alpha1\nkind: ApiKey\nmetadata: {name: %s}\n"
@@ -71,6 +73,18 @@ func TestApiServerRefusesBadManifests(t *testing.T) {
 		{"every too short", "spec: {scopes: [a], rotation: {every: 30s}}", "spec.rotation.every must be at least 1m"},
 		{"every not a duration", "spec: {scopes: [a], rotation: {every: 90d}}", "spec.rotation.every: Invalid value"},
 		{"grace period zero", "spec: {scopes: [a], rotation: {generation: 2, gracePeriod: 0s, every: 2160h}}", ""},
+		{"rate zero", "spec: {scopes: [a], limits: {requestsPerSecond: 0}}", "spec.limits.requestsPerSecond: Invalid value: 0: spec.limits.requestsPerSecond in body should be greater than or equal to 1"},
+		{"rate negative", "spec: {scopes: [a], limits: {requestsPerSecond: -5}}", "spec.limits.requestsPerSecond: Invalid value: -5"},
+		{"rate too high", "spec: {scopes: [a], limits: {requestsPerSecond: 1000001}}", "should be less than or equal to 1000000"},
+		{"rate as words", "spec: {scopes: [a], limits: {requestsPerSecond: fifty}}", "spec.limits.requestsPerSecond: Invalid value: \"string\""},
+		{"rate fractional", "spec: {scopes: [a], limits: {requestsPerSecond: 0.5}}", "spec.limits.requestsPerSecond"},
+		{"burst without rate", "spec: {scopes: [a], limits: {burst: 10}}", "spec.limits.burst needs spec.limits.requestsPerSecond"},
+		{"burst zero", "spec: {scopes: [a], limits: {requestsPerSecond: 5, burst: 0}}", "spec.limits.burst: Invalid value: 0"},
+		{"quota zero", "spec: {scopes: [a], limits: {requestsPerDay: 0}}", "spec.limits.requestsPerDay: Invalid value: 0"},
+		{"quota too high", "spec: {scopes: [a], limits: {requestsPerDay: 10000000001}}", "should be less than or equal to 10000000000"},
+		{"unknown limit", "spec: {scopes: [a], limits: {requestsPerMinute: 5}}", `unknown field "spec.limits.requestsPerMinute"`},
+		{"limits", "spec: {scopes: [a], limits: {requestsPerSecond: 50, burst: 100, requestsPerDay: 1000}}", ""},
+		{"daily quota only", "spec: {scopes: [a], limits: {requestsPerDay: 10000000000}}", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name := "bad-" + strings.ReplaceAll(tc.name, " ", "-")

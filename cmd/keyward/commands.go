@@ -152,6 +152,7 @@ Each replica builds its own index of key hashes from a watch; no leader.`,
 	fs.BoolVar(&o.StripCredentials, "strip-credentials", true, "ask Envoy (gRPC ext_authz) to remove the key before the request goes upstream")
 	fs.BoolVar(&o.PerKeyMetrics, "per-key-metrics", true, "export keyward_apikey_checks_total with namespace, name and key_id labels (one series per key and decision); turn off for very many keys")
 	fs.StringVar(&o.Replica, "replica-name", "", "name of this run in usage reports (default: host name and a random suffix)")
+	fs.StringVar(&o.PeersService, "peers-service", "", "namespace/name of this endpoint's own Service: each replica enforces 1/N of a key's rate and of what is left of its quota, N the Service's ready endpoints (default: none, N = 1, for a single replica)")
 	connect := clusterFlags(fs)
 	c.RunE = func(c *cobra.Command, _ []string) error {
 		log, cfg, err := connect()

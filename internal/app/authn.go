@@ -58,6 +58,9 @@ type AuthnOptions struct {
 	// PerKeyMetrics exports keyward_apikey_checks_total with one series per
 	// key and decision; large installations may turn it off.
 	PerKeyMetrics bool
+	// PeersService is namespace/name of the endpoint's own Service: its
+	// ready endpoints share each key's limits. Empty: this replica alone.
+	PeersService string
 	// MaxStaleness, when set, fails checks closed (503 stale) and
 	// readiness once the index has not heard from the API server for this
 	// long; 0 serves from the last known state through an outage.
@@ -103,6 +106,21 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 	metricsOnce.Do(func() { decisionMetrics = serve.NewMetrics(ctrlmetrics.Registry) })
 	if o.Replica == "" {
 		o.Replica = ReplicaName()
+	}
+	ix.SetReplica(o.Replica)
+	var peersNS, peersName string
+	if o.PeersService != "" {
+		var err error
+		if peersNS, peersName, err = splitService("--peers-service", o.PeersService); err != nil {
+			return err
+		}
+	}
+	peers := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "keyward_authn_peers",
+		Help: "Replicas that share each key's limits (ready endpoints of --peers-service; 1 without it): this replica enforces 1/N of each rate and of what is left of each quota.",
+	}, func() float64 { return float64(ix.Peers()) })
+	if err := registerOnce(peers); err != nil {
+		return err
 	}
 	// Key IDs that more than one ApiKey's record claims: each is served
 	// to its first claimant only (internal/index, ownership.go); anything
@@ -207,6 +225,12 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 					ix.CheckStaleness(now, o.MaxStaleness)
 				}
 			}
+		}),
+		leaderless(func(ctx context.Context) error {
+			if peersName == "" {
+				return nil
+			}
+			return watchPeers(ctx, cfg, ix, peersNS, peersName)
 		}),
 		leaderless(func(ctx context.Context) error { return serveHTTP(ctx, o.HTTPAddr, s, tc) }),
 		leaderless(func(ctx context.Context) error { return serveGRPC(ctx, o.GRPCAddr, s, tc) }),

@@ -31,12 +31,16 @@ const (
 	// ReasonInternalError answers a check whose handler failed (a bug);
 	// the process keeps serving.
 	ReasonInternalError = "internal_error"
+	// ReasonRateLimited and ReasonQuotaExceeded refuse a good key over its
+	// spec.limits, with 429 and when to retry.
+	ReasonRateLimited   = "rate_limited"
+	ReasonQuotaExceeded = "quota_exceeded"
 )
 
 // Verdict is the answer to one check.
 type Verdict struct {
 	Allowed bool
-	// Code is the HTTP status: 200, 400, 401, 403 or 503.
+	// Code is the HTTP status: 200, 400, 401, 403, 429 or 503.
 	Code    int
 	Reason  string
 	Message string
@@ -45,6 +49,9 @@ type Verdict struct {
 	Identity index.Identity
 	// QueryKey: the key came in the query string (the adapter warns).
 	QueryKey bool
+	// Limits is how the call stood against the key's limits, for the
+	// RateLimit headers; zero when the key has none.
+	Limits index.LimitState
 }
 
 // Static verdicts: the hot path allocates none of them.
@@ -122,8 +129,23 @@ func (d *Decider) check(id, secret string, required Scopes, now time.Time) Verdi
 		return Verdict{Code: http.StatusForbidden, Reason: ReasonInsufficientScope, Identity: e.Identity,
 			Message: "the API key lacks the scope " + missing}
 	}
+	if !e.Limited() {
+		d.count(e.Identity, index.Allowed, now)
+		return Verdict{Allowed: true, Code: http.StatusOK, Reason: ReasonAllowed, Identity: e.Identity}
+	}
+	st := d.Index.Admit(e.Identity, now)
+	switch st.Reason {
+	case index.LimitRate:
+		d.count(e.Identity, index.Limited, now)
+		return Verdict{Code: http.StatusTooManyRequests, Reason: ReasonRateLimited, Identity: e.Identity, Limits: st,
+			Message: "the API key is over its rate limit; retry after the seconds in Retry-After"}
+	case index.LimitQuota:
+		d.count(e.Identity, index.Limited, now)
+		return Verdict{Code: http.StatusTooManyRequests, Reason: ReasonQuotaExceeded, Identity: e.Identity, Limits: st,
+			Message: "the API key has used its daily quota; retry after the seconds in Retry-After"}
+	}
 	d.count(e.Identity, index.Allowed, now)
-	return Verdict{Allowed: true, Code: http.StatusOK, Reason: ReasonAllowed, Identity: e.Identity}
+	return Verdict{Allowed: true, Code: http.StatusOK, Reason: ReasonAllowed, Identity: e.Identity, Limits: st}
 }
 
 func (d *Decider) count(e index.Identity, o index.Outcome, now time.Time) {

@@ -37,7 +37,9 @@ type record struct {
 	name   span
 	set    uint32
 	serial uint32
-	usage  Usage
+	// lim is the ApiKey's limiter, 0 for none.
+	lim   uint32
+	usage Usage
 }
 
 // span is a string in a shard's byte chunks.
@@ -130,7 +132,7 @@ func (s *shard) localSet(global uint32, set *scopeSet) uint32 {
 func (s *shard) identity(n uint32, shardNo uint8) Identity {
 	r := s.record(n)
 	return Identity{id: unsafe.String(&r.id[0], len(r.id)), key: s.bytes.view(r.name), set: s.sets[r.set],
-		rec: n, serial: r.serial, shard: shardNo}
+		rec: n, serial: r.serial, lim: r.lim, shard: shardNo}
 }
 
 // compact copies the live records, their counters and names into fresh
@@ -146,7 +148,7 @@ func (s *shard) compact() {
 	for k, sl := range s.m {
 		from := &old[sl.rec/recChunk][sl.rec%recChunk]
 		n, to := s.alloc()
-		to.id, to.name, to.set, to.serial = from.id, s.bytes.put(oldBytes.view(from.name)), from.set, from.serial
+		to.id, to.name, to.set, to.serial, to.lim = from.id, s.bytes.put(oldBytes.view(from.name)), from.set, from.serial, from.lim
 		to.usage.copyFrom(&from.usage) // no check counts meanwhile: this shard is write-locked
 		sl.rec = n
 		s.m[k] = sl
@@ -157,7 +159,7 @@ func (s *shard) compact() {
 // ownership rule (ownership.go) has chosen full as the key's owner. The
 // same key of the same ApiKey keeps its record, and so its counts; a new
 // owner starts a new record.
-func (ix *Index) publish(k *rkey, full string, setID uint32, fresh slot) {
+func (ix *Index) publish(k *rkey, full string, setID, lim uint32, fresh slot) {
 	s := ix.shard(&k.id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -168,6 +170,7 @@ func (ix *Index) publish(k *rkey, full string, setID uint32, fresh slot) {
 	case dup && s.bytes.view(s.record(prev.rec).name) == full:
 		fresh.rec = prev.rec
 		s.record(prev.rec).set = set
+		s.record(prev.rec).lim = lim
 	default:
 		if dup {
 			s.dead++ // the owner changed: the previous owner's record is dead
@@ -175,6 +178,7 @@ func (ix *Index) publish(k *rkey, full string, setID uint32, fresh slot) {
 			ix.size.Add(1)
 		}
 		fresh.rec = s.newRecord(k.id, full, set)
+		s.record(fresh.rec).lim = lim
 	}
 	s.m[k.id] = fresh
 	s.compact()

@@ -60,8 +60,13 @@ type Identity struct {
 	// rec and serial let Count find the record again: at rec unless a
 	// compaction moved it, and never another ApiKey's record since.
 	rec, serial uint32
-	shard       uint8
+	// lim is the ApiKey's limiter (limits.go), 0 for none.
+	lim   uint32
+	shard uint8
 }
+
+// Limited reports whether the key has limits: its checks go through Admit.
+func (id Identity) Limited() bool { return id.lim != 0 }
 
 // Known reports whether the identity is a key's.
 func (id Identity) Known() bool { return id.set != nil }
@@ -98,6 +103,9 @@ type ApiKey struct {
 	Scopes    []string
 	Archived  bool
 	ExpiresAt time.Time
+	// Limits are spec.limits; Quota what the status says of the quota.
+	Limits Limits
+	Quota  Quota
 }
 
 // Key is what the index needs of one recorded key.
@@ -139,7 +147,9 @@ func (k *idKey) String() string { return unsafe.String(&k[0], len(k)) }
 type owner struct {
 	hasApiKey, archived bool
 	hasRecord, revoked  bool
-	expiresAt           int64
+	// lim is the ApiKey's limiter, 0 when it has no limits.
+	lim       uint32
+	expiresAt int64
 	// own are the ApiKey's scopes, interned; granted are those its
 	// namespace may grant under the ApiKeyPolicies: what checks see and
 	// the scopes header says (own itself when nothing is restricted).
@@ -206,6 +216,16 @@ type Index struct {
 	stale     atomic.Bool
 	pages     atomic.Int64
 
+	// lims are the limiters of the ApiKeys with limits (limits.go), in
+	// chunks that never move; nLims were handed out, freeLims are free.
+	lims     atomic.Pointer[[]*limChunkT]
+	nLims    uint32
+	freeLims []uint32
+	// peers is the number of replicas that share each key's limits;
+	// replica this one's name in usage reports.
+	peers   atomic.Int64
+	replica string
+
 	synced atomic.Bool
 	size   atomic.Int64
 	// writes counts slot writes, for tests of what republishes.
@@ -216,6 +236,8 @@ type Index struct {
 func New() *Index {
 	ix := &Index{seed: maphash.MakeSeed(), names: map[string]uint32{}, setIDs: map[string]uint32{},
 		nsLabels: map[string]map[string]string{}, claims: map[idKey]uint32{}, contested: map[idKey][]uint32{}}
+	ix.lims.Store(&[]*limChunkT{})
+	ix.peers.Store(1)
 	for i := range ix.shards {
 		ix.shards[i].m = map[idKey]slot{}
 		ix.shards[i].setNo = map[uint32]uint32{}
@@ -341,6 +363,7 @@ func (ix *Index) SetApiKey(nn types.NamespacedName, k *ApiKey) {
 		}
 		old := ix.publishedIDs(o)
 		o.hasApiKey, o.archived, o.expiresAt, o.own, o.granted, o.apiKeyUID = false, false, 0, 0, 0, uid{}
+		ix.applyLimits(oi, Limits{}, Quota{})
 		ix.rebuild(full, oi, old)
 		return
 	}
@@ -348,11 +371,19 @@ func (ix *Index) SetApiKey(nn types.NamespacedName, k *ApiKey) {
 	expiresAt := unixNano(k.ExpiresAt)
 	u := uidOf(k.UID)
 	if o.hasApiKey && o.own == own && o.archived == k.Archived && o.expiresAt == expiresAt && o.apiKeyUID == u {
-		return // a status or metadata change: nothing the check reads
+		// A status or metadata change: nothing the check reads but the
+		// limits and quota, which change in place (the slots name the
+		// limiter only, so they are republished only when it comes or
+		// goes).
+		if ix.applyLimits(oi, k.Limits, k.Quota) {
+			ix.rebuild(full, oi, ix.publishedIDs(o))
+		}
+		return
 	}
 	old := ix.publishedIDs(o)
 	o.hasApiKey, o.archived, o.expiresAt, o.own, o.apiKeyUID = true, k.Archived, expiresAt, own, u
 	o.granted = ix.grant(nn.Namespace, own)
+	ix.applyLimits(oi, k.Limits, k.Quota)
 	ix.rebuild(full, oi, old)
 }
 
@@ -428,6 +459,7 @@ func (ix *Index) Retain(apiKeys bool, namespace string, keep map[types.Namespace
 		if apiKeys && o.hasApiKey {
 			old := ix.publishedIDs(o)
 			o.hasApiKey, o.archived, o.expiresAt, o.own, o.granted, o.apiKeyUID = false, false, 0, 0, 0, uid{}
+			ix.applyLimits(oi, Limits{}, Quota{})
 			ix.rebuild(full, oi, old)
 		} else if !apiKeys && o.hasRecord {
 			old := ix.publishedIDs(o)

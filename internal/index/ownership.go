@@ -126,7 +126,7 @@ func (ix *Index) settle(id idKey) {
 	o := &ix.owners[oi]
 	for ki := o.keys; ki != none; ki = ix.rkeys[ki].next {
 		if k := &ix.rkeys[ki]; k.id == id {
-			ix.publish(k, ix.nameBytes.view(o.name), o.granted, slot{sum: k.sum, archived: o.archived || o.revoked,
+			ix.publish(k, ix.nameBytes.view(o.name), o.granted, o.lim, slot{sum: k.sum, archived: o.archived || o.revoked,
 				expiresAt: o.expiresAt, revokesAt: k.revokesAt})
 			return
 		}

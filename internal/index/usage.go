@@ -15,12 +15,14 @@ const (
 	Archived
 	Expired
 	InsufficientScope
+	// Limited: refused for the key's limits (rate or quota).
+	Limited
 	numOutcomes
 )
 
 // OutcomeNames are the outcomes as metrics and the usage report name them
 // (the reasons of the verdicts).
-var OutcomeNames = [numOutcomes]string{"allowed", "invalid_key", "archived", "expired", "insufficient_scope"}
+var OutcomeNames = [numOutcomes]string{"allowed", "invalid_key", "archived", "expired", "insufficient_scope", "limited"}
 
 // Usage counts one key's checks since this endpoint started: a few atomic
 // adds on the hot path (Index.Count), read by the usage report and the

@@ -322,7 +322,33 @@ func onApiKey(ix *Index, o any) {
 	if k.Spec.ExpiresAt != nil {
 		a.ExpiresAt = k.Spec.ExpiresAt.Time
 	}
+	a.Limits.PerSecond, a.Limits.Burst = k.Spec.Limits.Rate()
+	a.Limits.PerDay = k.Spec.Limits.PerDay()
+	if a.Limits.PerDay > 0 {
+		a.Quota = quotaOf(k, ix.Replica())
+	}
 	ix.SetApiKey(nn, a)
+}
+
+// quotaOf reads what an ApiKey's status says of its quota, and of the
+// calls of this replica (named replica) it holds.
+func quotaOf(k *kw.ApiKey, replica string) Quota {
+	var q Quota
+	if u := k.Status.Usage; u != nil {
+		q.Used = u.Last24h
+		for _, c := range u.Cursors {
+			if c.Replica == replica {
+				if q.Collected == nil {
+					q.Collected = map[string]int64{}
+				}
+				q.Collected[c.KeyID] = c.Allowed
+			}
+		}
+	}
+	if s := k.Status.Quota; s != nil && s.ExhaustedUntil != nil {
+		q.ExhaustedUntil = s.ExhaustedUntil.Time
+	}
+	return q
 }
 
 func onRecord(ix *Index, o any) {

@@ -149,6 +149,8 @@ func checkResponse(v authn.Verdict, strip bool) *authv3.CheckResponse {
 		if v.QueryKey {
 			ok.ResponseHeadersToAdd = []*corev3.HeaderValueOption{header("warning", queryKeyWarning)}
 		}
+		// The rate-limit headers go to the client with the upstream's answer.
+		ok.ResponseHeadersToAdd = append(ok.ResponseHeadersToAdd, grpcLimitHeaders(&v)...)
 		return &authv3.CheckResponse{
 			Status:       &rpcstatus.Status{Code: int32(codes.OK)},
 			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
@@ -162,6 +164,8 @@ func checkResponse(v authn.Verdict, strip bool) *authv3.CheckResponse {
 		code = codes.Unauthenticated
 	case http.StatusServiceUnavailable:
 		code = codes.Unavailable
+	case http.StatusTooManyRequests:
+		code = codes.ResourceExhausted
 	}
 	denied := &authv3.DeniedHttpResponse{
 		Status:  &typev3.HttpStatus{Code: typev3.StatusCode(v.Code)},
@@ -171,8 +175,23 @@ func checkResponse(v authn.Verdict, strip bool) *authv3.CheckResponse {
 	if v.Code == http.StatusUnauthorized {
 		denied.Headers = append(denied.Headers, header("www-authenticate", string(wwwAuthenticate(v.Reason))))
 	}
+	denied.Headers = append(denied.Headers, grpcLimitHeaders(&v)...)
 	return &authv3.CheckResponse{
 		Status:       &rpcstatus.Status{Code: int32(code), Message: v.Reason},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: denied},
 	}
+}
+
+// grpcLimitHeaders are the rate-limit headers of a verdict, in Envoy's
+// lower-case names.
+func grpcLimitHeaders(v *authn.Verdict) []*corev3.HeaderValueOption {
+	if !v.Limits.Limited() {
+		return nil
+	}
+	var out []*corev3.HeaderValueOption
+	var buf [160]byte
+	limitHeaders(&v.Limits, buf[:], func(name string, value []byte) {
+		out = append(out, header(strings.ToLower(name), string(value)))
+	})
+	return out
 }

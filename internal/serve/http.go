@@ -341,6 +341,10 @@ func (s *Server) write(resp *fasthttp.Response, v authn.Verdict) {
 	if v.QueryKey {
 		h.SetCanonical(hdrWarning, warnQueryKy)
 	}
+	if v.Limits.Limited() {
+		var buf [160]byte
+		limitHeaders(&v.Limits, buf[:], func(name string, value []byte) { h.Set(name, str(value)) })
+	}
 	if v.Allowed {
 		e := v.Identity
 		h.SetCanonical(hdrKeyID, bytesOf(e.KeyID()))

@@ -38,7 +38,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{authn.ReasonAllowed, authn.ReasonMissingKey, authn.ReasonMalformedKey,
 		authn.ReasonInvalidKey, authn.ReasonArchived, authn.ReasonExpired, authn.ReasonInsufficientScope,
 		authn.ReasonAmbiguousCredentials, authn.ReasonNotReady, authn.ReasonMalformedRequest,
-		authn.ReasonTooManyScopes, authn.ReasonInternalError, authn.ReasonStale} {
+		authn.ReasonTooManyScopes, authn.ReasonInternalError, authn.ReasonStale, authn.ReasonRateLimited,
+		authn.ReasonQuotaExceeded} {
 		m.byReason[r] = decisions.WithLabelValues(r)
 	}
 	return m

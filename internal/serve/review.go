@@ -54,6 +54,10 @@ type ReviewResponse struct {
 	// Key is the ApiKey's namespace/name.
 	Key    string   `json:"key,omitempty"`
 	Scopes []string `json:"scopes,omitempty"`
+	// Headers are the answer's rate-limit headers (RateLimit-Policy,
+	// RateLimit, and Retry-After on a refusal) when the key has limits,
+	// for the gateway to send the client.
+	Headers map[string]string `json:"headers,omitempty"`
 }
 
 // ReviewStatus is the HTTP status the gateway should answer with, and why.
@@ -61,6 +65,9 @@ type ReviewStatus struct {
 	Code    int    `json:"code"`
 	Reason  string `json:"reason"`
 	Message string `json:"message,omitempty"`
+	// RetryAfterSeconds says when a call refused for the key's limits
+	// (429) may be tried again.
+	RetryAfterSeconds int64 `json:"retryAfterSeconds,omitempty"`
 }
 
 // StringOrList accepts "v" or ["v1", "v2"].
@@ -143,6 +150,14 @@ func (s *Server) review(ctx *fasthttp.RequestCtx) {
 		Status: ReviewStatus{Code: v.Code, Reason: v.Reason, Message: v.Message}}
 	if e := v.Identity; e.Known() {
 		resp.KeyID, resp.Key, resp.Scopes = e.KeyID(), e.Key(), e.Scopes()
+	}
+	if v.Limits.Limited() {
+		resp.Headers = map[string]string{}
+		var buf [160]byte
+		limitHeaders(&v.Limits, buf[:], func(name string, value []byte) { resp.Headers[name] = string(value) })
+		if v.Code == fasthttp.StatusTooManyRequests {
+			resp.Status.RetryAfterSeconds = max(v.Limits.RetryAfter, 1)
+		}
 	}
 	out := AuthReview{APIVersion: ReviewAPIVersion, Kind: ReviewKind, Response: resp}
 	ctx.Response.Header.SetContentTypeBytes(jsonType)

@@ -41,15 +41,20 @@ func Fold(old *kw.Usage, lastUsed *metav1.Time, obs []Observation, live map[stri
 			was = *c
 		}
 		allowed, denied := increase(was.Allowed, o.Allowed), increase(was.Denied, o.Denied)
+		limited := int64(o.Limited) - was.Limited
+		if int64(o.Allowed) < was.Allowed || int64(o.Denied) < was.Denied || limited < 0 {
+			limited = int64(o.Limited) // the counts started again: all of it is new
+		}
 		if allowed == 0 && denied == 0 {
 			continue
 		}
-		addHour(u, hour, allowed, denied)
+		addHour(u, hour, allowed, denied, limited)
 		if c == nil {
 			u.Cursors = append(u.Cursors, kw.UsageCursor{Replica: o.Replica, KeyID: o.KeyID})
 			c = &u.Cursors[len(u.Cursors)-1]
 		}
-		c.Allowed, c.Denied, c.SeenAt = int64(o.Allowed), int64(o.Denied), metav1.NewTime(now.UTC().Truncate(time.Second))
+		c.Allowed, c.Denied, c.Limited = int64(o.Allowed), int64(o.Denied), int64(o.Limited)
+		c.SeenAt = metav1.NewTime(now.UTC().Truncate(time.Second))
 		if !o.LastUsed.IsZero() && (lastUsed == nil || o.LastUsed.Truncate(time.Second).After(lastUsed.Time)) {
 			lastUsed = &metav1.Time{Time: o.LastUsed.UTC().Truncate(time.Second)}
 		}
@@ -62,7 +67,7 @@ func Fold(old *kw.Usage, lastUsed *metav1.Time, obs []Observation, live map[stri
 		}
 	}
 	u.Cursors = kept
-	u.Last24h, u.Denied24h = 0, 0
+	u.Last24h, u.Denied24h, u.Limited24h = 0, 0, 0
 	hours := u.Hours[:0]
 	for _, h := range u.Hours {
 		if h.Start.Time.Before(since) {
@@ -71,6 +76,7 @@ func Fold(old *kw.Usage, lastUsed *metav1.Time, obs []Observation, live map[stri
 		hours = append(hours, h)
 		u.Last24h += h.Allowed
 		u.Denied24h += h.Denied
+		u.Limited24h += h.Limited
 	}
 	u.Hours = hours
 	if len(u.Hours) == 0 {
@@ -110,11 +116,32 @@ func cursor(u *kw.Usage, replica, keyID string) *kw.UsageCursor {
 	return nil
 }
 
-func addHour(u *kw.Usage, hour metav1.Time, allowed, denied int64) {
+func addHour(u *kw.Usage, hour metav1.Time, allowed, denied, limited int64) {
 	if n := len(u.Hours); n > 0 && u.Hours[n-1].Start.Equal(&hour) {
 		u.Hours[n-1].Allowed += allowed
 		u.Hours[n-1].Denied += denied
+		u.Hours[n-1].Limited += limited
 		return
 	}
-	u.Hours = append(u.Hours, kw.UsageHour{Start: hour, Allowed: allowed, Denied: denied})
+	u.Hours = append(u.Hours, kw.UsageHour{Start: hour, Allowed: allowed, Denied: denied, Limited: limited})
+}
+
+// ExhaustedUntil is, for a quota of perDay allowed calls, when usage u
+// (folded at now) falls below it again as its hours fall out of the
+// window, or nil while it is below.
+func ExhaustedUntil(u *kw.Usage, perDay int64, now time.Time) *metav1.Time {
+	if u == nil || perDay <= 0 || u.Last24h < perDay {
+		return nil
+	}
+	used := u.Last24h
+	for _, h := range u.Hours {
+		used -= h.Allowed
+		// An hour falls out once it began more than Window ago.
+		if out := h.Start.Add(Window + time.Nanosecond); used < perDay && out.After(now) {
+			t := metav1.NewTime(out.Truncate(time.Second).Add(time.Second))
+			return &t
+		}
+	}
+	t := metav1.NewTime(now.Add(Bucket).Truncate(time.Second))
+	return &t
 }

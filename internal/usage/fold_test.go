@@ -90,3 +90,53 @@ func TestFoldChanged(t *testing.T) {
 		t.Fatalf("the same totals again are a change: %+v → %+v", u2, u3)
 	}
 }
+
+// TestFoldCountsLimitedApart: calls refused for the key's limits are
+// denials, also counted on their own, once each, and counted anew when a
+// replica's counts start again.
+func TestFoldCountsLimitedApart(t *testing.T) {
+	now := time.Date(2026, 11, 24, 10, 30, 0, 0, time.UTC)
+	o := func(allowed, denied, limited uint64) Observation {
+		return Observation{Replica: "a", KeyCount: KeyCount{KeyID: "K1", Allowed: allowed, Denied: denied, Limited: limited}}
+	}
+	u, _ := Fold(nil, nil, []Observation{o(10, 7, 5)}, nil, now)
+	u, _ = Fold(u, nil, []Observation{o(10, 7, 5)}, nil, now.Add(time.Second))
+	if u.Last24h != 10 || u.Denied24h != 7 || u.Limited24h != 5 {
+		t.Fatalf("%+v", u)
+	}
+	u, _ = Fold(u, nil, []Observation{o(12, 9, 6)}, nil, now.Add(2*time.Second))
+	if u.Denied24h != 9 || u.Limited24h != 6 {
+		t.Fatalf("after growth: %+v", u)
+	}
+	// The key left and re-entered the replica's index: its counts began
+	// again at zero, and all of them are new.
+	u, _ = Fold(u, nil, []Observation{o(1, 8, 8)}, nil, now.Add(3*time.Second))
+	if u.Last24h != 13 || u.Denied24h != 17 || u.Limited24h != 14 {
+		t.Fatalf("after a restart: %+v", u)
+	}
+}
+
+// TestExhaustedUntil: a key at its quota is exhausted until enough of its
+// oldest hours fall out of the window.
+func TestExhaustedUntil(t *testing.T) {
+	h := func(hoursAgo int, allowed int64) kw.UsageHour {
+		start := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC).Add(-time.Duration(hoursAgo) * time.Hour)
+		return kw.UsageHour{Start: metav1.NewTime(start), Allowed: allowed}
+	}
+	now := time.Date(2026, 11, 24, 10, 20, 0, 0, time.UTC)
+	u := &kw.Usage{Last24h: 1000, Hours: []kw.UsageHour{h(20, 300), h(5, 500), h(0, 200)}}
+	if got := ExhaustedUntil(u, 1001, now); got != nil {
+		t.Fatalf("under the quota: exhausted until %v", got)
+	}
+	// 1000 used of 1000: the hour that began 20 hours ago falls out 24
+	// hours after it began, leaving 700.
+	want := time.Date(2026, 11, 24, 14, 0, 1, 0, time.UTC)
+	if got := ExhaustedUntil(u, 1000, now); got == nil || !got.Time.Equal(want) {
+		t.Fatalf("exhausted until %v, want %v", got, want)
+	}
+	// 1000 used of 400: two hours must fall out.
+	want = time.Date(2026, 11, 25, 5, 0, 1, 0, time.UTC)
+	if got := ExhaustedUntil(u, 400, now); got == nil || !got.Time.Equal(want) {
+		t.Fatalf("exhausted until %v, want %v", got, want)
+	}
+}

@@ -31,12 +31,14 @@ type Report struct {
 
 // KeyCount is one key ID's totals in a report.
 type KeyCount struct {
-	Namespace string    `json:"namespace"`
-	Name      string    `json:"name"`
-	KeyID     string    `json:"keyId"`
-	Allowed   uint64    `json:"allowed"`
-	Denied    uint64    `json:"denied"`
-	LastUsed  time.Time `json:"lastUsed,omitzero"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	KeyID     string `json:"keyId"`
+	Allowed   uint64 `json:"allowed"`
+	Denied    uint64 `json:"denied"`
+	// Limited is how many of Denied were refused for the key's limits.
+	Limited  uint64    `json:"limited,omitempty"`
+	LastUsed time.Time `json:"lastUsed,omitzero"`
 }
 
 // Snapshot reads the totals of every key that was checked at least once.
@@ -49,7 +51,7 @@ func Snapshot(ix *index.Index, replica string) Report {
 		}
 		ns, name := e.Namespace(), e.Name()
 		r.Keys = append(r.Keys, KeyCount{Namespace: ns, Name: name, KeyID: e.KeyID(),
-			Allowed: allowed, Denied: denied, LastUsed: u.LastUsed()})
+			Allowed: allowed, Denied: denied, Limited: u.Counts()[index.Limited], LastUsed: u.LastUsed()})
 	})
 	return r
 }
