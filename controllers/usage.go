@@ -132,7 +132,7 @@ func (u *UsageCollector) round(ctx context.Context) error {
 		key := &keys.Items[i]
 		nn := types.NamespacedName{Namespace: key.Namespace, Name: key.Name}
 		nu, last := usage.Fold(key.Status.Usage, key.Status.LastUsedAt, obs[nn], live, now)
-		quota := quotaOf(key, nu, now)
+		quota := quotaOf(key, nu, len(urls), now)
 		quotaChanged := !equality.Semantic.DeepEqual(quota, key.Status.Quota)
 		// A key with a daily quota is written every round its figures
 		// move: the replicas' shares of what is left are refreshed from
@@ -166,13 +166,13 @@ func (u *UsageCollector) round(ctx context.Context) error {
 }
 
 // quotaOf is where key stands against its daily quota with usage nu at
-// now, nil when it has none.
-func quotaOf(key *kw.ApiKey, nu *kw.Usage, now time.Time) *kw.Quota {
+// now, shared by replicas endpoint replicas; nil when it has none.
+func quotaOf(key *kw.ApiKey, nu *kw.Usage, replicas int, now time.Time) *kw.Quota {
 	perDay := key.Spec.Limits.PerDay()
 	if perDay == 0 {
 		return nil
 	}
-	q := &kw.Quota{RequestsPerDay: perDay, ExhaustedUntil: usage.ExhaustedUntil(nu, perDay, now)}
+	q := &kw.Quota{RequestsPerDay: perDay, ExhaustedUntil: usage.ExhaustedUntil(nu, perDay, replicas, now)}
 	if nu != nil {
 		q.Used = nu.Last24h
 	}

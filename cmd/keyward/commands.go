@@ -184,6 +184,7 @@ commands to try it; Ctrl-C stops everything.`,
 	fs.StringVar(&o.Dir, "dir", "bin/dev", "folder for the kubeconfig, the logs and the lock")
 	fs.StringVar(&o.Config, "config", "config", "keyward's config/ tree (CRDs, RBAC, admission, samples)")
 	fs.StringSliceVar(&usageURLs, "usage-endpoints", nil, "metrics base URLs of more auth endpoint replicas to collect usage from, comma-separated")
+	fs.StringVar(&o.PeersService, "peers-service", "", "namespace/name of a Service whose ready endpoints are the auth endpoint replicas sharing each key's limits (default: the in-process endpoint alone)")
 	o.Log = zapFlags(fs)
 	c.RunE = func(c *cobra.Command, _ []string) error {
 		o.UsageEndpoints = trimList(usageURLs)

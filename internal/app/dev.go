@@ -37,6 +37,9 @@ type DevOptions struct {
 	// UsageEndpoints are more auth endpoint replicas (metrics base URLs)
 	// whose usage the controller collects besides the in-process one.
 	UsageEndpoints []string
+	// PeersService is the in-process endpoint's --peers-service (empty: it
+	// enforces whole limits alone).
+	PeersService string
 }
 
 // Default local addresses (DESIGN.md).
@@ -159,6 +162,7 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 			HTTPAddr: DevAuthAddr, GRPCAddr: DevGRPCAddr, MetricsAddr: DevAuthnMetricsAddr,
 			AllowQueryKeys: true, StripCredentials: true,
 			Logger: log.WithName("authn"), Index: ix, Replica: replica, PerKeyMetrics: true,
+			PeersService: o.PeersService,
 		})
 	}()
 	say("keyward controller and auth endpoint running (log: %s)", logFile.Name())

@@ -161,8 +161,12 @@ func (l *limiter) setPolicy(lim Limits, peers int64) {
 }
 
 // setQuota recomputes this replica's budget from the status: uncollected
-// is what it allowed that the status does not hold yet.
-func (l *limiter) setQuota(q Quota, uncollected, peers int64) {
+// is what it allowed that the status does not hold yet, counted after used
+// was read as used0 (a call allowed between the two is then held back
+// twice, never granted twice; only a call allowed before used0 and not yet
+// counted in its key's record is granted again: at most the checks in
+// flight).
+func (l *limiter) setQuota(q Quota, used0, uncollected, peers int64) {
 	perDay := l.perDay.Load()
 	if perDay == 0 {
 		return
@@ -171,7 +175,7 @@ func (l *limiter) setQuota(q Quota, uncollected, peers int64) {
 	share := left / peers
 	l.dayLeft.Store(left)
 	l.share.Store(share)
-	l.budget.Store(l.used.Load() + share - uncollected)
+	l.budget.Store(used0 + share - uncollected)
 	l.exhaustedUntil.Store(unixNano(q.ExhaustedUntil))
 }
 
@@ -311,7 +315,8 @@ func (ix *Index) applyLimits(oi uint32, lim Limits, q Quota) bool {
 	}
 	l := ix.limiterAt(o.lim)
 	l.setPolicy(lim, peers)
-	l.setQuota(q, ix.uncollected(o, q), peers)
+	used0 := l.used.Load()
+	l.setQuota(q, used0, ix.uncollected(o, q), peers)
 	return before != o.lim
 }
 

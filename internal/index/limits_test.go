@@ -2,12 +2,16 @@ package index
 
 import (
 	"encoding/binary"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
 )
 
 // limited adds an ApiKey with limits and one key, and returns the key's
@@ -263,5 +267,32 @@ func TestAdmitAllocatesNothing(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	if n := testing.AllocsPerRun(1000, func() { ix.Admit(id, now) }); n != 0 {
 		t.Fatalf("Admit allocates %v times a call", n)
+	}
+}
+
+// TestWatchKeepsTheQuotaStatus: what the watch keeps of an ApiKey is its
+// spec and, only for a key with a daily quota, the status figures the
+// replica's share is computed from.
+func TestWatchKeepsTheQuotaStatus(t *testing.T) {
+	perDay := int64(1000)
+	until := metav1.NewTime(time.Unix(2_000_000, 0))
+	status := kw.ApiKeyStatus{KeyID: "k", Scopes: "a",
+		Usage: &kw.Usage{Last24h: 700, Denied24h: 5, Hours: []kw.UsageHour{{Allowed: 700}},
+			Cursors: []kw.UsageCursor{{Replica: "r1", KeyID: "K1", Allowed: 300}, {Replica: "r2", KeyID: "K1", Allowed: 400}}},
+		Quota: &kw.Quota{RequestsPerDay: 1000, Used: 700, ExhaustedUntil: &until}}
+	quota := &kw.ApiKey{Spec: kw.ApiKeySpec{Limits: &kw.Limits{RequestsPerDay: &perDay}}, Status: *status.DeepCopy()}
+	plain := &kw.ApiKey{Status: *status.DeepCopy()}
+	slimObject(quota)
+	slimObject(plain)
+	if !reflect.DeepEqual(plain.Status, kw.ApiKeyStatus{}) {
+		t.Fatalf("a key without a quota kept %+v", plain.Status)
+	}
+	if quota.Status.Usage.Hours != nil || quota.Status.KeyID != "" || quota.Status.Usage.Last24h != 700 ||
+		len(quota.Status.Usage.Cursors) != 2 || !quota.Status.Quota.ExhaustedUntil.Equal(&until) {
+		t.Fatalf("a key with a quota kept %+v", quota.Status)
+	}
+	q := quotaOf(quota, "r1")
+	if q.Used != 700 || len(q.Collected) != 1 || q.Collected["K1"] != 300 || !q.ExhaustedUntil.Equal(until.Time) {
+		t.Fatalf("quota read for replica r1: %+v", q)
 	}
 }

@@ -380,7 +380,8 @@ func recordOwner(r *kw.ApiKeyRecord) types.UID {
 
 // slimObject drops managed fields, annotations, status and, but for a
 // record's controller, owner references: the index reads spec, names,
-// UIDs, labels and the deletion timestamp.
+// UIDs, labels and the deletion timestamp; of an ApiKey with a daily
+// quota, also the quota and usage figures of its status (limits.go).
 func slimObject(o client.Object) {
 	o.SetManagedFields(nil)
 	o.SetAnnotations(nil)
@@ -391,7 +392,14 @@ func slimObject(o client.Object) {
 	}
 	switch o := o.(type) {
 	case *kw.ApiKey:
-		o.Status = kw.ApiKeyStatus{}
+		var keep kw.ApiKeyStatus
+		if o.Spec.Limits.PerDay() > 0 {
+			keep.Quota = o.Status.Quota
+			if u := o.Status.Usage; u != nil {
+				keep.Usage = &kw.Usage{Last24h: u.Last24h, Cursors: u.Cursors}
+			}
+		}
+		o.Status = keep
 	case *corev1.Namespace:
 		o.Spec, o.Status = corev1.NamespaceSpec{}, corev1.NamespaceStatus{}
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/url"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 	"unsafe"
@@ -19,6 +20,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"keyward.dev/keyward/internal/authn"
+	"keyward.dev/keyward/internal/index"
 )
 
 // Headers keyward sends back on allow, for the gateway to pass upstream.
@@ -272,6 +274,9 @@ func (s *Server) forwardAuth(ctx *fasthttp.RequestCtx, query string) {
 
 	c := authn.Extract(h, origQuery, s.AllowQueryKeys)
 	v := s.Decider.Decide(c, required, start)
+	if v.Code == fasthttp.StatusTooManyRequests {
+		v.Code = limitedStatus(query)
+	}
 	s.write(&ctx.Response, v)
 	s.Metrics.Observe(v, start)
 	if s.Log.V(2).Enabled() {
@@ -303,6 +308,22 @@ func firstHeader(h authn.Headers, names ...string) string {
 	return ""
 }
 
+// limitedStatus is the status of a call refused for its key's limits:
+// 429, or 403 when the auth URL says limited_status=403. nginx's
+// auth_request turns every status but 2xx, 401 and 403 into 500 and drops
+// the answer's headers, so its configuration (docs/gateways.md) asks for
+// 403 and turns it back into 429 by the reason header.
+func limitedStatus(rawQuery string) int {
+	for rawQuery != "" {
+		var p string
+		p, rawQuery, _ = strings.Cut(rawQuery, "&")
+		if p == "limited_status=403" {
+			return fasthttp.StatusForbidden
+		}
+	}
+	return fasthttp.StatusTooManyRequests
+}
+
 // scopesFromQuery appends the values of the scope parameters of rawQuery.
 func scopesFromQuery(dst []string, rawQuery string) []string {
 	for rawQuery != "" {
@@ -322,16 +343,21 @@ func scopesFromQuery(dst []string, rawQuery string) []string {
 // Response header names in the canonical form fasthttp keeps them in, and
 // fixed values.
 var (
-	hdrKeyID    = []byte(HeaderKeyID)
-	hdrKey      = []byte(HeaderKey)
-	hdrScopes   = []byte(HeaderScopes)
-	hdrReason   = []byte(HeaderReason)
-	hdrWarning  = []byte("Warning")
-	hdrWWWAuth  = []byte("Www-Authenticate")
-	jsonType    = []byte("application/json")
-	wwwMissing  = []byte(`Bearer realm="keyward"`)
-	wwwInvalid  = []byte(`Bearer realm="keyward", error="invalid_token"`)
-	warnQueryKy = []byte(queryKeyWarning)
+	hdrKeyID   = []byte(HeaderKeyID)
+	hdrKey     = []byte(HeaderKey)
+	hdrScopes  = []byte(HeaderScopes)
+	hdrReason  = []byte(HeaderReason)
+	hdrWarning = []byte("Warning")
+	// As the IETF draft spells them: names are case-insensitive, and
+	// SetCanonical takes them as they are.
+	hdrRateLimitPolicy = []byte(HeaderRateLimitPolicy)
+	hdrRateLimit       = []byte(HeaderRateLimit)
+	hdrRetryAfter      = []byte(HeaderRetryAfter)
+	hdrWWWAuth         = []byte("Www-Authenticate")
+	jsonType           = []byte("application/json")
+	wwwMissing         = []byte(`Bearer realm="keyward"`)
+	wwwInvalid         = []byte(`Bearer realm="keyward", error="invalid_token"`)
+	warnQueryKy        = []byte(queryKeyWarning)
 )
 
 // write answers a verdict. An allow is a 200 with the identity headers and
@@ -341,9 +367,13 @@ func (s *Server) write(resp *fasthttp.Response, v authn.Verdict) {
 	if v.QueryKey {
 		h.SetCanonical(hdrWarning, warnQueryKy)
 	}
-	if v.Limits.Limited() {
-		var buf [160]byte
-		limitHeaders(&v.Limits, buf[:], func(name string, value []byte) { h.Set(name, str(value)) })
+	if st := &v.Limits; st.Limited() {
+		var buf [96]byte
+		h.SetCanonical(hdrRateLimitPolicy, appendPolicy(buf[:0], st))
+		h.SetCanonical(hdrRateLimit, appendRateLimit(buf[:0], st))
+		if st.Reason != index.LimitOK {
+			h.SetCanonical(hdrRetryAfter, strconv.AppendInt(buf[:0], max(st.RetryAfter, 1), 10))
+		}
 	}
 	if v.Allowed {
 		e := v.Identity

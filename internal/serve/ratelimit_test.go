@@ -19,13 +19,13 @@ import (
 
 // limitedServer serves one key limited to a burst of 3 at 1/s and 1,000
 // calls a day, and one with no limits.
-func limitedServer(t *testing.T, lim index.Limits) (*Server, keys.Key, keys.Key) {
+func limitedServer(t testing.TB, lim index.Limits) (*Server, keys.Key, keys.Key) {
 	t.Helper()
 	ix := index.New()
 	add := func(name string, lim index.Limits) keys.Key {
 		k, _ := keys.Generate()
 		nn := types.NamespacedName{Namespace: "team-a", Name: name}
-		ix.SetApiKey(nn, &index.ApiKey{UID: testUID(nn), Scopes: []string{"a"}, Limits: lim})
+		ix.SetApiKey(nn, &index.ApiKey{UID: testUID(nn), Scopes: []string{"a", "occupancy:read"}, Limits: lim})
 		ix.SetRecord(nn, &index.Record{Owner: testUID(nn), Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}}})
 		return k
 	}

@@ -126,10 +126,15 @@ func addHour(u *kw.Usage, hour metav1.Time, allowed, denied, limited int64) {
 	u.Hours = append(u.Hours, kw.UsageHour{Start: hour, Allowed: allowed, Denied: denied, Limited: limited})
 }
 
-// ExhaustedUntil is, for a quota of perDay allowed calls, when usage u
-// (folded at now) falls below it again as its hours fall out of the
-// window, or nil while it is below.
-func ExhaustedUntil(u *kw.Usage, perDay int64, now time.Time) *metav1.Time {
+// ExhaustedUntil is, for a quota of perDay allowed calls shared by
+// replicas endpoint replicas, when usage u (folded at now) leaves a call
+// for each replica again as its hours fall out of the window, or nil while
+// it does. Each replica may allow its whole share (1/replicas, rounded
+// down) of what is left: with fewer calls left than replicas no replica
+// may allow one, and the key is exhausted (docs/limits.md: up to
+// replicas-1 calls of a quota go unused).
+func ExhaustedUntil(u *kw.Usage, perDay int64, replicas int, now time.Time) *metav1.Time {
+	perDay -= int64(max(replicas, 1) - 1)
 	if u == nil || perDay <= 0 || u.Last24h < perDay {
 		return nil
 	}

@@ -125,18 +125,26 @@ func TestExhaustedUntil(t *testing.T) {
 	}
 	now := time.Date(2026, 11, 24, 10, 20, 0, 0, time.UTC)
 	u := &kw.Usage{Last24h: 1000, Hours: []kw.UsageHour{h(20, 300), h(5, 500), h(0, 200)}}
-	if got := ExhaustedUntil(u, 1001, now); got != nil {
+	if got := ExhaustedUntil(u, 1001, 1, now); got != nil {
 		t.Fatalf("under the quota: exhausted until %v", got)
 	}
 	// 1000 used of 1000: the hour that began 20 hours ago falls out 24
 	// hours after it began, leaving 700.
 	want := time.Date(2026, 11, 24, 14, 0, 1, 0, time.UTC)
-	if got := ExhaustedUntil(u, 1000, now); got == nil || !got.Time.Equal(want) {
+	if got := ExhaustedUntil(u, 1000, 1, now); got == nil || !got.Time.Equal(want) {
 		t.Fatalf("exhausted until %v, want %v", got, want)
+	}
+	// 1000 used of 1002 with 3 replicas: fewer calls left than replicas,
+	// none of which may allow one.
+	if got := ExhaustedUntil(u, 1002, 3, now); got == nil {
+		t.Fatal("2 calls left for 3 replicas: not exhausted")
+	}
+	if got := ExhaustedUntil(u, 1003, 3, now); got != nil {
+		t.Fatalf("3 calls left for 3 replicas: exhausted until %v", got)
 	}
 	// 1000 used of 400: two hours must fall out.
 	want = time.Date(2026, 11, 25, 5, 0, 1, 0, time.UTC)
-	if got := ExhaustedUntil(u, 400, now); got == nil || !got.Time.Equal(want) {
+	if got := ExhaustedUntil(u, 400, 1, now); got == nil || !got.Time.Equal(want) {
 		t.Fatalf("exhausted until %v, want %v", got, want)
 	}
 }

@@ -19,6 +19,7 @@ import (
 type replica struct {
 	bin, kubeconfig string
 	base            int
+	args            []string
 	cmd             *exec.Cmd
 	out             *testenv.Buffer
 }
@@ -29,8 +30,8 @@ func (r *replica) start(t *testing.T) {
 	t.Helper()
 	addr := func(off int) string { return fmt.Sprintf("127.0.0.1:%d", r.base+off) }
 	r.out = &testenv.Buffer{}
-	r.cmd = exec.Command(r.bin, "authn", "--kubeconfig", r.kubeconfig, "--http-address", addr(0), "--grpc-address", addr(1),
-		"--metrics-bind-address", addr(2), "--health-probe-bind-address", addr(3))
+	r.cmd = exec.Command(r.bin, append([]string{"authn", "--kubeconfig", r.kubeconfig, "--http-address", addr(0), "--grpc-address", addr(1),
+		"--metrics-bind-address", addr(2), "--health-probe-bind-address", addr(3)}, r.args...)...)
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
