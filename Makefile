@@ -11,7 +11,7 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 KEYWARD        := $(BIN)/keyward
 export KUBEBUILDER_ASSETS := $(CONTROLPLANE)
 
-.PHONY: fuzz-long release promtool chart-files image nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
+.PHONY: plugin fuzz-long release promtool chart-files image nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
 all: build
 
 help: ## List the targets.
@@ -110,12 +110,15 @@ image: ## Build keyward's OCI image (linux/amd64, linux/arm64) as an OCI layout 
 RELEASE_VERSION ?= $(shell awk '$$1=="version:"{print $$2}' charts/keyward/Chart.yaml)
 IMAGE_REPOSITORY ?= ghcr.io/keyward/keyward
 release: VERSION := v$(RELEASE_VERSION)
-release: image controlplane ## Write bin/release: the install manifest and the packaged chart, both pinned to the image's digest.
+release: image controlplane ## Write bin/release: the install manifest and the packaged chart, both pinned to the image's digest, and the kubectl plugin's archives with their krew manifest.
 	go run ./hack/release --image $(IMAGE) --version $(RELEASE_VERSION) --repository $(IMAGE_REPOSITORY) \
 		--kubectl $(CONTROLPLANE)/kubectl --out $(BIN)/release
 
 build: ## Build bin/keyward.
 	go build -ldflags "-X keyward.dev/keyward/internal/version.Version=$(VERSION) -X keyward.dev/keyward/internal/version.Commit=$(COMMIT)" -o $(KEYWARD) ./cmd/keyward
+
+plugin: ## Build bin/kubectl-keyward, the kubectl plugin (put it on PATH: kubectl keyward --help).
+	go build -ldflags "-X keyward.dev/keyward/internal/version.Version=$(VERSION)" -o $(BIN)/kubectl-keyward ./cmd/kubectl-keyward
 
 run: build controlplane ## Run the whole system locally on the embedded control plane.
 	$(KEYWARD) dev --assets $(CONTROLPLANE) --dir $(BIN)/dev --config $(CURDIR)/config

@@ -35,14 +35,27 @@ type Options struct {
 	Digest string
 	// Kubectl runs kustomize.
 	Kubectl string
-	// Out receives keyward-<version>.yaml, keyward-<version>.tgz and SHA256SUMS.
+	// Out receives keyward-<version>.yaml, keyward-<version>.tgz, the
+	// kubectl plugin's archives and its krew manifest (keyward.yaml), and
+	// SHA256SUMS.
 	Out string
+	// NoPlugin leaves the plugin's archives and krew manifest out (tests
+	// of the rest, which need no four cross-builds).
+	NoPlugin bool
+	// PluginPlatforms are the os/arch pairs the plugin is built for
+	// (default: PluginPlatforms, all of plugins/keyward.yaml's).
+	PluginPlatforms [][2]string
 }
 
 var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
 // Files are what Write wrote.
-type Files struct{ Manifest, Chart, Sums string }
+type Files struct {
+	Manifest, Chart, Sums string
+	// Plugin are the plugin's archives, Krew its krew manifest.
+	Plugin []string
+	Krew   string
+}
 
 // Write writes the install manifest and the packaged chart.
 func Write(o Options) (Files, error) {
@@ -71,8 +84,16 @@ func Write(o Options) (Files, error) {
 	if err := writeChart(o, v.String(), f.Chart); err != nil {
 		return Files{}, err
 	}
+	published := []string{f.Manifest, f.Chart}
+	if !o.NoPlugin {
+		if f.Plugin, f.Krew, err = writePlugin(o, "v"+v.String()); err != nil {
+			return Files{}, err
+		}
+		published = append(published, f.Plugin...)
+		published = append(published, f.Krew)
+	}
 	var sums strings.Builder
-	for _, p := range []string{f.Manifest, f.Chart} {
+	for _, p := range published {
 		data, err := os.ReadFile(p)
 		if err != nil {
 			return Files{}, err

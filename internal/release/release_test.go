@@ -1,8 +1,13 @@
 package release
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -14,6 +19,7 @@ import (
 
 	"keyward.dev/keyward/internal/image"
 	"keyward.dev/keyward/internal/testenv"
+	"sigs.k8s.io/yaml"
 )
 
 func kubectl(t *testing.T) string {
@@ -33,7 +39,7 @@ func TestReleasePinsTheImageByDigest(t *testing.T) {
 	digest := "sha256:" + strings.Repeat("0123456789abcdef", 4)
 	ref := "registry.example/keyward@" + digest
 	f, err := Write(Options{Root: testenv.Root(), Version: "v1.2.3", Repository: "registry.example/keyward",
-		Digest: digest, Kubectl: kubectl(t), Out: t.TempDir()})
+		Digest: digest, Kubectl: kubectl(t), Out: t.TempDir(), NoPlugin: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +93,7 @@ func checkImages(t *testing.T, what, manifest, ref string, want int) {
 
 func TestReleaseRefusesWhatItCannotPin(t *testing.T) {
 	good := Options{Root: testenv.Root(), Version: "0.1.0", Repository: "registry.example/keyward",
-		Digest: "sha256:" + strings.Repeat("a", 64), Kubectl: kubectl(t), Out: t.TempDir()}
+		Digest: "sha256:" + strings.Repeat("a", 64), Kubectl: kubectl(t), Out: t.TempDir(), NoPlugin: true}
 	for name, mutate := range map[string]func(*Options){
 		"not semver":       func(o *Options) { o.Version = "latest" },
 		"a tag, no digest": func(o *Options) { o.Digest = "latest" },
@@ -105,6 +111,73 @@ func TestReleaseRefusesWhatItCannotPin(t *testing.T) {
 	o.Repository = "registry.example:5000/team/keyward"
 	if _, err := Write(o); err != nil {
 		t.Errorf("registry with a port: %v", err)
+	}
+}
+
+// TestReleasePluginArchive: make release packs kubectl-keyward for krew:
+// an archive with the binary and the licence, the same bytes from the
+// same source, and a krew manifest naming the archive by this version and
+// its sha256. (Built here for this machine's platform only; make release
+// builds the four of plugins/keyward.yaml.)
+func TestReleasePluginArchive(t *testing.T) {
+	host := [2]string{runtime.GOOS, runtime.GOARCH}
+	var sums [2]string
+	var f Files
+	for i := range sums {
+		var err error
+		f, err = Write(Options{Root: testenv.Root(), Version: "1.2.3", Repository: "registry.example/keyward",
+			Digest: "sha256:" + strings.Repeat("b", 64), Kubectl: kubectl(t), Out: t.TempDir(), PluginPlatforms: [][2]string{host}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(f.Plugin[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.Sum256(data)
+		sums[i] = hex.EncodeToString(h[:])
+	}
+	if sums[0] != sums[1] {
+		t.Errorf("two builds of the same source differ: %s, %s", sums[0], sums[1])
+	}
+	name := fmt.Sprintf("kubectl-keyward_v1.2.3_%s_%s.tar.gz", host[0], host[1])
+	if filepath.Base(f.Plugin[0]) != name {
+		t.Fatalf("archive %s, want %s", f.Plugin[0], name)
+	}
+	// The archive: the binary, which runs, and the licence.
+	dir := t.TempDir()
+	if out, err := exec.Command("tar", "-xzf", f.Plugin[0], "-C", dir).CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "LICENSE")); err != nil {
+		t.Error("no LICENSE in the archive")
+	}
+	out, err := exec.Command(filepath.Join(dir, "kubectl-keyward"), "--help").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "kubectl keyward") {
+		t.Fatalf("the archived plugin: %v\n%s", err, out)
+	}
+	var m struct {
+		Kind string
+		Spec struct {
+			Version   string
+			Platforms []struct {
+				URI, Sha256, Bin string
+				Selector         struct{ MatchLabels map[string]string }
+			}
+		}
+	}
+	data, _ := os.ReadFile(f.Krew)
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	p := m.Spec.Platforms
+	if m.Kind != "Plugin" || m.Spec.Version != "v1.2.3" || len(p) != 1 || p[0].Sha256 != sums[1] || p[0].Bin != "kubectl-keyward" ||
+		!strings.HasSuffix(p[0].URI, "/releases/download/v1.2.3/"+name) || p[0].Selector.MatchLabels["os"] != host[0] {
+		t.Errorf("krew manifest:\n%s", data)
+	}
+	allSums, _ := os.ReadFile(f.Sums)
+	if !strings.Contains(string(allSums), sums[1]+"  "+name) || !strings.Contains(string(allSums), "  keyward.yaml") {
+		t.Errorf("SHA256SUMS:\n%s", allSums)
 	}
 }
 

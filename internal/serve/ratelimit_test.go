@@ -3,10 +3,16 @@ package serve
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/codes"
@@ -39,6 +45,7 @@ func limitedServer(t testing.TB, lim index.Limits) (*Server, keys.Key, keys.Key)
 var (
 	policyRE    = regexp.MustCompile(`^"rate";q=3;w=3, "day";q=1000;w=86400$`)
 	rateLimitRE = regexp.MustCompile(`^"rate";r=(\d+);t=(\d+), "day";r=(\d+);t=(\d+)$`)
+	rateOnlyRE  = regexp.MustCompile(`^"rate";r=\d+;t=\d+$`)
 )
 
 // TestForwardAuthLimits: a limited key's answers carry RateLimit-Policy
@@ -171,5 +178,87 @@ func TestQuotaExceededAnswer(t *testing.T) {
 		last.Header().Get("RateLimit-Policy") != `"day";q=2;w=86400` || !strings.HasPrefix(last.Header().Get("RateLimit"), `"day";r=0;t=`) ||
 		last.Header().Get("Retry-After") != "5" {
 		t.Fatalf("codes %v, last %d %v %s", codes, last.Code, last.Header(), last.Body)
+	}
+}
+
+// TestOneReplicaRateUnderLoad: one endpoint on a real socket and the real
+// clock; a key of 50/s takes its burst of 50 at once, then gets 50/s ± 5 %
+// under 500/s offered for 10 s, every answer with correct headers.
+func TestOneReplicaRateUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("10 s of load")
+	}
+	s, capped, _ := limitedServer(t, index.Limits{PerSecond: 50, Burst: 50})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := s.HTTPServer()
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	get := func() (int, http.Header) {
+		req, _ := http.NewRequest("GET", "http://"+l.Addr().String()+"/authn", nil)
+		req.Header.Set("X-Api-Key", capped.Token())
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Error(err)
+			return 0, nil
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header
+	}
+	// The burst: 50 at once, then a refusal.
+	for i := range 50 {
+		if code, _ := get(); code != 200 {
+			t.Fatalf("call %d of the burst: %d", i, code)
+		}
+	}
+	if code, h := get(); code != 429 || h.Get("Retry-After") != "1" {
+		t.Fatalf("call 51: %d %v", code, h)
+	}
+	time.Sleep(time.Second) // the bucket fills again
+
+	var allowed, refused atomic.Int64
+	ticks := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for range ticks {
+				code, h := get()
+				switch {
+				case code == 200 && !rateOnlyRE.MatchString(h.Get("RateLimit")):
+					t.Errorf("allowed without RateLimit: %v", h)
+				case code == 200:
+					allowed.Add(1)
+				case code == 429 && h.Get("Retry-After") == "1" && h.Get("RateLimit-Policy") == `"rate";q=50;w=1`:
+					refused.Add(1)
+				default:
+					t.Errorf("answer %d %v", code, h)
+				}
+			}
+		})
+	}
+	start := time.Now()
+	tick := time.NewTicker(2 * time.Millisecond) // 500/s
+	for now := range tick.C {
+		if now.Sub(start) >= 10*time.Second {
+			break
+		}
+		ticks <- struct{}{}
+	}
+	tick.Stop()
+	close(ticks)
+	wg.Wait()
+	elapsed := time.Since(start)
+	rate := float64(allowed.Load()-50) / elapsed.Seconds()
+	t.Logf("50/s, burst 50, 500/s offered for %s: %d allowed (%.1f/s after the burst), %d refused", elapsed.Round(time.Millisecond),
+		allowed.Load(), rate, refused.Load())
+	if rate < 47.5 || rate > 52.5 {
+		t.Errorf("%.1f/s allowed; want 50/s ± 5 %%", rate)
+	}
+	if refused.Load() < 4000 {
+		t.Errorf("only %d refused of ~5000 offered", refused.Load())
 	}
 }

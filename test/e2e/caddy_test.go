@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -82,5 +84,41 @@ func TestCaddyGateway(t *testing.T) {
 		if a.code != tc.code || a.body["reason"] != tc.reason || a.body["upstream"] != nil {
 			t.Errorf("%s: %d %v, want %d %s", name, a.code, a.body, tc.code, tc.reason)
 		}
+	}
+
+	// A key over its limits: Caddy's forward_auth passes keyward's 429
+	// through as it came, status, body and headers (Traefik's forwardAuth
+	// and Envoy's ext_authz do the same with a denial); an allowed answer's
+	// RateLimit headers stay between Caddy and keyward unless copied.
+	if out, err := s.kubectl(t, strings.NewReader(`apiVersion: keyward.dev/v1alpha1
+kind: ApiKey
+metadata: {name: slow, namespace: keyward-demo}
+spec:
+  scopes: [occupancy:read]
+  limits: {requestsPerSecond: 1, burst: 2}
+`), "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	waitStates(t, s, "keyward-demo", 30*time.Second)
+	slow := s.secretValue(t, "keyward-demo", "slow-apikey", "token")
+	var codes []int
+	var last *http.Response
+	var body []byte
+	for range 3 {
+		req, _ := http.NewRequest("GET", gw+"/occupancy/floors", nil)
+		req.Header.Set("X-Api-Key", slow)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		codes = append(codes, resp.StatusCode)
+		last = resp
+	}
+	if codes[0] != 200 || codes[1] != 200 || codes[2] != 429 || !strings.Contains(string(body), `"reason":"rate_limited"`) ||
+		last.Header.Get("Retry-After") != "1" || last.Header.Get("RateLimit-Policy") != `"rate";q=2;w=2` ||
+		last.Header.Get("RateLimit") != `"rate";r=0;t=2` {
+		t.Errorf("through Caddy: %v, then %v %s", codes, last.Header, body)
 	}
 }
