@@ -155,10 +155,10 @@ spec:
 		return float64(tally(as)[200]-burst) / d.Seconds()
 	}
 	// 30/s: each of the 3 replicas 10/s, with a burst of 10 each at first.
-	as := load(t, url, token, 300, 10*time.Second)
+	as := load(t, url, token, 300, 6*time.Second)
 	n := tally(as)
-	got := rate(as, 10*time.Second, 30)
-	t.Logf("30/s limit, 300/s offered for 10 s through 3 replicas: %v, %.1f/s allowed", n, got)
+	got := rate(as, 6*time.Second, 30)
+	t.Logf("30/s limit, 300/s offered for 6 s through 3 replicas: %v, %.1f/s allowed", n, got)
 	if got < 24 || got > 36 {
 		t.Errorf("allowed %.1f/s; want 30/s ± 20 %%", got)
 	}
@@ -181,8 +181,8 @@ spec:
 	// Raised live to 90/s (30 each): in force within a second.
 	s.mustKubectl(t, "-n", "keyward-demo", "patch", "apikey", "capped", "--type", "merge", "-p", `{"spec":{"limits":{"requestsPerSecond":90}}}`)
 	time.Sleep(time.Second)
-	as = load(t, url, token, 300, 5*time.Second)
-	got = rate(as, 5*time.Second, 90) // the new burst (90, 30 a replica) refills within the second
+	as = load(t, url, token, 300, 4*time.Second)
+	got = rate(as, 4*time.Second, 90) // the new burst (90, 30 a replica) refills within the second
 	t.Logf("raised to 90/s: %v, %.1f/s allowed", tally(as), got)
 	if got < 72 || got > 108 {
 		t.Errorf("allowed %.1f/s after the raise; want 90/s ± 20 %%", got)
@@ -197,7 +197,7 @@ spec:
 		}
 	}
 
-	// A daily quota of 1,000 under 200/s offered for 25 s.
+	// A daily quota of 1,000 under 200/s offered for 12 s.
 	apply(`apiVersion: keyward.dev/v1alpha1
 kind: ApiKey
 metadata: {name: daily, namespace: keyward-demo}
@@ -214,14 +214,14 @@ spec:
 	})
 	daily := s.secretValue(t, "keyward-demo", "daily-apikey", "token")
 	time.Sleep(2 * time.Second)
-	as = load(t, url, daily, 200, 25*time.Second)
+	as = load(t, url, daily, 200, 12*time.Second)
 	n = tally(as)
-	t.Logf("daily quota of 1000, 200/s offered for 25 s through 3 replicas: %v", n)
+	t.Logf("daily quota of 1000, 200/s offered for 12 s through 3 replicas: %v", n)
 	if n[200] > 1000 {
 		t.Errorf("%d calls allowed over a quota of 1000", n[200])
 	}
 	if n[200] < 1000-2 { // up to replicas-1 calls go unused (docs/limits.md)
-		t.Errorf("only %d of the quota of 1000 allowed in 25 s", n[200])
+		t.Errorf("only %d of the quota of 1000 allowed in 12 s", n[200])
 	}
 	last := as[len(as)-1]
 	if last.code != 429 || last.reason != "quota_exceeded" || last.policy != `"day";q=1000;w=86400` {
