@@ -24,6 +24,14 @@ var (
 		Name: "keyward_usage_status_writes_total",
 		Help: "ApiKey status writes of usage figures (CALLS-24H, LAST USED).",
 	})
+	usageBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "keyward_usage_collected_bytes_total",
+		Help: "Bytes of usage reports read from auth endpoint replicas (only the keys counted since the last report).",
+	})
+	usageBacklog = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "keyward_usage_backlog_keys",
+		Help: "ApiKeys whose shown usage figures are behind what was collected, at the last round; those beyond the write budget wait for the next round.",
+	})
 	keysDesc = prometheus.NewDesc("keyward_apikeys",
 		"ApiKeys by state (Pending, Active, Archived, Expired, Failed), from the controller's cache.", []string{"state"}, nil)
 	expiryDesc = prometheus.NewDesc("keyward_apikey_expiry_timestamp_seconds",
@@ -35,7 +43,7 @@ var (
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(usageCollections, usageWrites, keysCollector{})
+	ctrlmetrics.Registry.MustRegister(usageCollections, usageWrites, usageBytes, usageBacklog, keysCollector{})
 	for _, r := range []string{"ok", "error"} {
 		usageCollections.WithLabelValues(r)
 	}

@@ -93,6 +93,7 @@ status.`,
 	fs.StringSliceVar(&usageURLs, "usage-endpoints", nil, "metrics base URLs of auth endpoint replicas, comma-separated (instead of --usage-service)")
 	fs.DurationVar(&o.UsageInterval, "usage-interval", controllers.DefaultUsageInterval, "how often usage is collected from the auth endpoint replicas")
 	fs.DurationVar(&o.UsageMinWrite, "usage-min-write-interval", controllers.DefaultUsageMinWrite, "least time between two usage writes of one ApiKey")
+	fs.Float64Var(&o.UsageWritesPerSecond, "usage-writes-per-second", controllers.DefaultUsageWritesPerSecond, "status writes of usage figures a second, in all; beyond it the stalest figures go first (docs/usage.md)")
 	fs.IntVar(&o.Concurrency, "max-concurrent-reconciles", controllers.DefaultConcurrency, "ApiKeys reconciled at once (one ApiKey is never reconciled twice at once)")
 	fs.Float32Var(&o.QPS, "kube-api-qps", app.DefaultQPS, "requests a second to the API server, on average; negative: no client-side limit (the API server's priority and fairness still apply)")
 	fs.IntVar(&o.Burst, "kube-api-burst", app.DefaultBurst, "requests to the API server in a burst above --kube-api-qps")

@@ -155,7 +155,7 @@ func RunAuthn(ctx context.Context, cfg *rest.Config, o AuthnOptions) error {
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Metrics: secureMetrics(o.MetricsAddr, o.MetricsCertDir,
-			map[string]http.Handler{usage.Path: usage.Handler(ix, o.Replica)}),
+			map[string]http.Handler{usage.Path: (&usage.Reporter{Index: ix, Replica: o.Replica}).Handler()}),
 		HealthProbeBindAddress: o.HealthAddr,
 		PprofBindAddress:       o.PprofAddr,
 		Logger:                 o.Logger,

@@ -55,8 +55,10 @@ type ControllerOptions struct {
 	// whose usage counts the controller collects; neither turns it off.
 	UsageEndpoints []string
 	UsageService   string
-	// UsageInterval and UsageMinWrite override the collection defaults.
+	// UsageInterval, UsageMinWrite and UsageWritesPerSecond override the
+	// collection defaults.
 	UsageInterval, UsageMinWrite time.Duration
+	UsageWritesPerSecond         float64
 	// Concurrency is how many ApiKeys are reconciled at once (0:
 	// controllers.DefaultConcurrency).
 	Concurrency int
@@ -128,7 +130,7 @@ func RunController(ctx context.Context, cfg *rest.Config, o ControllerOptions) e
 			o.Logger.Info("the controller has no bearer token (not a ServiceAccount?): the endpoint replicas will refuse its usage collection")
 		}
 		if err := mgr.Add(&controllers.UsageCollector{Client: mgr.GetClient(), Endpoints: endpoints, Transport: rt,
-			Interval: o.UsageInterval, MinWrite: o.UsageMinWrite, Log: o.Logger.WithName("usage")}); err != nil {
+			Interval: o.UsageInterval, MinWrite: o.UsageMinWrite, WritesPerSecond: o.UsageWritesPerSecond, Log: o.Logger.WithName("usage")}); err != nil {
 			return err
 		}
 	}

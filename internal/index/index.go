@@ -530,6 +530,26 @@ func (ix *Index) rebuild(full string, oi uint32, old []idKey) {
 	}
 }
 
+// EachChanged calls fn, as Each does, with every key counted since the
+// last call of EachChanged took it (taking it now), with every key whose ID
+// is in also, and, if all, with every key; changed says which of them was
+// counted since. A key counted while EachChanged runs is taken by this call
+// or left for the next: never lost.
+func (ix *Index) EachChanged(all bool, also map[string]bool, fn func(id Identity, u *Usage, changed bool)) {
+	for i := range ix.shards {
+		s := &ix.shards[i]
+		s.mu.RLock()
+		for k, sl := range s.m {
+			r := s.record(sl.rec)
+			changed := r.usage.takeChanged()
+			if changed || all || len(also) > 0 && also[k.String()] {
+				fn(s.identity(sl.rec, uint8(i)), &r.usage, changed)
+			}
+		}
+		s.mu.RUnlock()
+	}
+}
+
 // Each calls fn with every key and its counters, shard by shard, under the
 // shard's read lock: fn must be quick, must not keep u, and must not call
 // back into the index.

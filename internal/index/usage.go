@@ -28,15 +28,31 @@ var OutcomeNames = [numOutcomes]string{"allowed", "invalid_key", "archived", "ex
 // adds on the hot path (Index.Count), read by the usage report and the
 // metrics (Index.Each). It lives in the key's record.
 type Usage struct {
-	n        [numOutcomes]atomic.Uint64
-	lastUsed atomic.Int64 // Unix nanoseconds of the last allowed check
+	n [numOutcomes]atomic.Uint64
+	// lastUsed is the Unix nanoseconds of the last allowed check, and, in
+	// bit 62 (dirtyBit: Unix nanoseconds reach it in the year 2116), whether
+	// a check was counted since the last usage report took the key.
+	lastUsed atomic.Int64
 }
 
+const dirtyBit = int64(1) << 62
+
+// count counts a check, then marks the key changed: a report clears the
+// mark before it reads the counts, so a count it misses leaves the mark
+// for the next report.
 func (u *Usage) count(o Outcome, now time.Time) {
 	u.n[o].Add(1)
 	if o == Allowed {
-		u.lastUsed.Store(now.UnixNano())
+		u.lastUsed.Store(now.UnixNano() | dirtyBit)
+	} else if u.lastUsed.Load()&dirtyBit == 0 {
+		u.lastUsed.Or(dirtyBit)
 	}
+}
+
+// takeChanged clears the mark of a counted check and reports whether it
+// was set; read the counts after it.
+func (u *Usage) takeChanged() bool {
+	return u.lastUsed.Load()&dirtyBit != 0 && u.lastUsed.And(^dirtyBit)&dirtyBit != 0
 }
 
 // copyFrom takes over another record's counts, when no check can count.
@@ -70,7 +86,7 @@ func (u *Usage) Totals() (allowed, denied uint64) {
 
 // LastUsed is the time of the last allowed check, zero if none.
 func (u *Usage) LastUsed() time.Time {
-	if n := u.lastUsed.Load(); n != 0 {
+	if n := u.lastUsed.Load() &^ dirtyBit; n != 0 {
 		return time.Unix(0, n)
 	}
 	return time.Time{}

@@ -150,3 +150,42 @@ func ExhaustedUntil(u *kw.Usage, perDay int64, replicas int, now time.Time) *met
 	t := metav1.NewTime(now.Add(Bucket).Truncate(time.Second))
 	return &t
 }
+
+// Due reports whether a usage must be folded again though nothing new came
+// in: an hour has fallen out of the window, or, all replicas having
+// answered (live not nil), a cursor of a replica not among them is past
+// its Window.
+func Due(u *kw.Usage, live map[string]bool, now time.Time) bool {
+	if u == nil {
+		return false
+	}
+	since := now.Add(-Window)
+	if len(u.Hours) > 0 && u.Hours[0].Start.Time.Before(since) {
+		return true
+	}
+	if live != nil {
+		for _, c := range u.Cursors {
+			if !live[c.Replica] && c.SeenAt.Time.Before(since) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Share is how far the shown figures (old) are from the folded ones (nu),
+// as a share of what is shown: 0 for no change, 1 for double.
+func Share(old, nu *kw.Usage) float64 {
+	var was, is int64
+	if old != nil {
+		was = old.Last24h + old.Denied24h
+	}
+	if nu != nil {
+		is = nu.Last24h + nu.Denied24h
+	}
+	d := is - was
+	if d < 0 {
+		d = -d
+	}
+	return float64(d) / float64(max(was, 1))
+}

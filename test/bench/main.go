@@ -135,7 +135,7 @@ func endpointRun() error {
 
 	ctx := context.Background()
 	say("creating %d keys", *revokeKeys)
-	tokens, err := createKeys(ctx, c, "bench", 0, *revokeKeys, nil)
+	tokens, err := createKeys(ctx, c, "bench", 0, *revokeKeys, noLimits)
 	if err != nil {
 		return err
 	}
@@ -164,7 +164,7 @@ func endpointRun() error {
 	}
 
 	say("creating %d more keys", *keysTotal-*revokeKeys)
-	more, err := createKeys(ctx, c, "bench", *revokeKeys, *keysTotal, nil)
+	more, err := createKeys(ctx, c, "bench", *revokeKeys, *keysTotal, noLimits)
 	if err != nil {
 		return err
 	}
@@ -197,14 +197,28 @@ func endpointRun() error {
 	stop(fresh)
 
 	// Keys with limits they never reach (every check goes through the
-	// bucket and the quota, and gets the RateLimit headers), for the
-	// forward-auth runs to compare with keys without.
+	// bucket and the quota, and gets the RateLimit headers), created
+	// alternately with as many keys without: the two halves lie alike in
+	// the index, so the forward-auth runs compare like with like.
 	rps, burst, perDay := int32(1_000_000), int32(10_000_000), int64(10_000_000_000)
-	limited, err := createKeys(ctx, c, "bench-limited", 0, limitedKeys, &kw.Limits{RequestsPerSecond: &rps, Burst: &burst, RequestsPerDay: &perDay})
+	pair, err := createKeys(ctx, c, "bench-limited", 0, 2*limitedKeys, func(i int) *kw.Limits {
+		if i%2 == 1 {
+			return nil
+		}
+		return &kw.Limits{RequestsPerSecond: &rps, Burst: &burst, RequestsPerDay: &perDay}
+	})
 	if err != nil {
 		return err
 	}
-	if err := waitReady("http://127.0.0.1:8091/readyz", *keysTotal+limitedKeys, limited[len(limited)-1]); err != nil {
+	var limited, unlimited []string
+	for i, tok := range pair {
+		if i%2 == 0 {
+			limited = append(limited, tok)
+		} else {
+			unlimited = append(unlimited, tok)
+		}
+	}
+	if err := waitReady("http://127.0.0.1:8091/readyz", *keysTotal+2*limitedKeys, pair[len(pair)-1]); err != nil {
 		return err
 	}
 
@@ -220,8 +234,11 @@ func endpointRun() error {
 	if err := os.WriteFile(tokFile, []byte(strings.Join(sample, "\n")+"\n"), 0o600); err != nil {
 		return err
 	}
-	limitedFile := filepath.Join(dir, "limited-tokens")
+	limitedFile, unlimitedFile := filepath.Join(dir, "limited-tokens"), filepath.Join(dir, "unlimited-tokens")
 	if err := os.WriteFile(limitedFile, []byte(strings.Join(limited, "\n")+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(unlimitedFile, []byte(strings.Join(unlimited, "\n")+"\n"), 0o600); err != nil {
 		return err
 	}
 	say("forward auth under wrk: %d connections, %d rounds of %s on each of keyward and two no-op servers", *conns, *rounds, *duration)
@@ -240,7 +257,8 @@ func endpointRun() error {
 	// The same endpoint checking keys with limits (issue 16: ≥ 95 % of the
 	// throughput without).
 	kwLim := &target{url: "http://127.0.0.1:8180", pprof: "http://127.0.0.1:8092", pid: authn.Process.Pid, tokens: limitedFile}
-	targets := []*target{netNoop, kwT, fastNoop, kwLim}
+	kwPlain := &target{url: "http://127.0.0.1:8180", pprof: "http://127.0.0.1:8092", pid: authn.Process.Pid, tokens: unlimitedFile}
+	targets := []*target{netNoop, kwT, fastNoop, kwLim, kwPlain}
 	var httpRatios, fastRatios, cpuRatios, limRatios, limCPU []float64
 	for round := range *rounds {
 		// Each round starts with another of the three: a drift in the
@@ -253,7 +271,7 @@ func endpointRun() error {
 			if err != nil {
 				return err
 			}
-			if (t == kwT || t == kwLim) && r.non2xx > 0 {
+			if (t == kwT || t == kwLim || t == kwPlain) && r.non2xx > 0 {
 				return fmt.Errorf("keyward answered %d requests with other than 200", r.non2xx)
 			}
 			t.runs = append(t.runs, r)
@@ -262,8 +280,9 @@ func endpointRun() error {
 		httpRatios = append(httpRatios, k.rps/b.rps)
 		fastRatios = append(fastRatios, k.rps/f.rps)
 		cpuRatios = append(cpuRatios, f.cpuPerRequest()/k.cpuPerRequest())
-		limRatios = append(limRatios, kwLim.runs[round].rps/k.rps)
-		limCPU = append(limCPU, k.cpuPerRequest()/kwLim.runs[round].cpuPerRequest())
+		p := kwPlain.runs[round]
+		limRatios = append(limRatios, kwLim.runs[round].rps/p.rps)
+		limCPU = append(limCPU, p.cpuPerRequest()/kwLim.runs[round].cpuPerRequest())
 	}
 	bm, km, fm := median(netNoop.runs), median(kwT.runs), median(fastNoop.runs)
 	report("no-op net/http server (median round)", fmt.Sprintf("%.0f req/s", bm.rps), "p99 "+bm.p99)
@@ -271,9 +290,11 @@ func endpointRun() error {
 	report("keyward forward auth (median round)", fmt.Sprintf("%.0f req/s", km.rps), fmt.Sprintf("p99 %s; %d keys, every request verified", km.p99, *keysTotal))
 	report("forward auth / no-op net/http", ratioText(httpRatios), "target ≥ 80%")
 	report("forward auth / no-op on its own server", ratioText(fastRatios), "what the check itself costs")
-	lm := median(kwLim.runs)
+	lm, pm := median(kwLim.runs), median(kwPlain.runs)
 	report("forward auth, keys with limits (median round)", fmt.Sprintf("%.0f req/s", lm.rps),
 		fmt.Sprintf("p99 %s; %d keys with a rate and a quota they never reach, RateLimit headers on every answer", lm.p99, limitedKeys))
+	report("forward auth, as many keys without (median round)", fmt.Sprintf("%.0f req/s", pm.rps),
+		fmt.Sprintf("p99 %s; created alternately with them", pm.p99))
 	report("forward auth with limits / without", ratioText(limRatios), "target ≥ 95%")
 	report("forward auth CPU per request, without limits / with", ratioText(limCPU),
 		fmt.Sprintf("%.1f µs with limits; the same ratio by the endpoint's own CPU time, steadier than throughput on a shared machine", medianOf(cpuOf(kwLim.runs))))
@@ -410,7 +431,10 @@ func say(format string, args ...any) { fmt.Printf(">> "+format+"\n", args...) }
 
 // createKeys creates ApiKeys with records directly (no controller: the
 // bench measures the endpoint), from index from to to, and returns tokens.
-func createKeys(ctx context.Context, c client.Client, ns string, from, to int, limits *kw.Limits) ([]string, error) {
+// noLimits gives every key no limits.
+func noLimits(int) *kw.Limits { return nil }
+
+func createKeys(ctx context.Context, c client.Client, ns string, from, to int, limits func(i int) *kw.Limits) ([]string, error) {
 	// Creating the keys is the API server's and etcd's work, not what is
 	// measured: let them use both CPUs meanwhile, then pin them back.
 	pinChildren(loadCPU + "," + serverCPU)
@@ -429,7 +453,7 @@ func createKeys(ctx context.Context, c client.Client, ns string, from, to int, l
 		k, _ := keys.Generate()
 		name := fmt.Sprintf("k%06d", i)
 		ak := &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-			Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"bench:read", "bench:write"}, Limits: limits.DeepCopy()}}
+			Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"bench:read", "bench:write"}, Limits: limits(i)}}
 		if err := c.Create(ctx, ak); err != nil {
 			return err
 		}
