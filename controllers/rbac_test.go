@@ -65,7 +65,8 @@ func TestControllerWorksWithItsGeneratedRole(t *testing.T) {
 	if _, err := ServiceEndpoints(uc, ns, "keyward-authn", "metrics")(ctx); err != nil {
 		t.Fatalf("find replicas: %v", err)
 	}
-	report := fmt.Sprintf(`{"replica":"r1","keys":[{"namespace":%q,"name":"least","keyId":%q,"allowed":3,"denied":1}]}`, ns, key.Status.KeyID)
+	// A replica's report (usage protocol 2): the keys counted since.
+	report := fmt.Sprintf(`{"replica":"r1","id":1,"keys":[[%q,%q,3,1,0,0]]}`, ns+"/least", key.Status.KeyID)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(report)) }))
 	defer srv.Close()
 	cctx, stopCollector := context.WithCancel(ctx)
