@@ -48,6 +48,7 @@ func TestCaddyGateway(t *testing.T) {
 	tok := s.secretValue(t, "keyward-demo", "occupancy-reader-apikey", "token")
 	id := s.secretValue(t, "keyward-demo", "occupancy-reader-apikey", "keyId")
 	agent := s.secretValue(t, "keyward-demo", "agent-activator-apikey", "token")
+	endpointKnows(t, tok, agent)
 
 	for name, tc := range map[string]struct {
 		path    string
@@ -101,6 +102,7 @@ spec:
 	}
 	waitStates(t, s, "keyward-demo", 30*time.Second)
 	slow := s.secretValue(t, "keyward-demo", "slow-apikey", "token")
+	endpointKnows(t, slow)
 	var codes []int
 	var last *http.Response
 	var body []byte
@@ -120,5 +122,26 @@ spec:
 		last.Header.Get("Retry-After") != "1" || last.Header.Get("RateLimit-Policy") != `"rate";q=2;w=2` ||
 		last.Header.Get("RateLimit") != `"rate";r=0;t=2` {
 		t.Errorf("through Caddy: %v, then %v %s", codes, last.Header, body)
+	}
+}
+
+// endpointKnows waits until keyward dev's endpoint knows each token: a key
+// is Active once its record is written, and the endpoint learns of the
+// record by its watch a moment later (longer on a loaded machine). The
+// probe asks for a scope no sample key holds, so it is refused with 403
+// before the key's limits are consulted: it takes nothing from a bucket.
+func endpointKnows(t *testing.T, tokens ...string) {
+	t.Helper()
+	for _, tok := range tokens {
+		eventually(t, 10*time.Second, "the endpoint to know the key", func() bool {
+			req, _ := http.NewRequest("GET", "http://127.0.0.1:8180/authn?scope=nothing:granted", nil)
+			req.Header.Set("X-Api-Key", tok)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusForbidden
+		})
 	}
 }

@@ -121,16 +121,7 @@ endpoints:
 	if out, err := s.kubectl(t, strings.NewReader(slices), "apply", "-f", "-"); err != nil {
 		t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
-	for _, r := range []*replica{b, c} {
-		r.kubeconfig = s.kubeconfig
-		r.start(t)
-		t.Cleanup(func() {
-			r.kill()
-			if t.Failed() {
-				t.Logf("replica %d said:\n%s", r.base, tail(r.out.String(), 3000))
-			}
-		})
-	}
+	startReplicas(t, s, b, c)
 	gw := startNginx(t, startUpstream(t), "127.0.0.1:8180", "127.0.0.1:8210", "127.0.0.1:8220")
 	waitStates(t, s, "keyward-demo", 30*time.Second)
 	apply := func(manifest string) {

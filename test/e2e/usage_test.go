@@ -46,6 +46,22 @@ func (r *replica) start(t *testing.T) {
 	})
 }
 
+// startReplicas starts more endpoint replicas against keyward dev's API
+// server, stopped (and their output shown on failure) when the test ends.
+func startReplicas(t *testing.T, s *system, rs ...*replica) {
+	t.Helper()
+	for _, r := range rs {
+		r.kubeconfig = s.kubeconfig
+		r.start(t)
+		t.Cleanup(func() {
+			r.kill()
+			if t.Failed() {
+				t.Logf("replica %d said:\n%s", r.base, tail(r.out.String(), 3000))
+			}
+		})
+	}
+}
+
 // kill ends the replica as a crash would: no shutdown, no last report.
 func (r *replica) kill() {
 	if r.cmd != nil && r.cmd.ProcessState == nil {
@@ -71,16 +87,7 @@ func TestUsageAcrossReplicas(t *testing.T) {
 	b := &replica{bin: bin, base: 8190}
 	c := &replica{bin: bin, base: 8200}
 	s := startDev(t, bin, "--usage-endpoints", b.metricsURL()+","+c.metricsURL())
-	for _, r := range []*replica{b, c} {
-		r.kubeconfig = s.kubeconfig
-		r.start(t)
-		t.Cleanup(func() {
-			r.kill()
-			if t.Failed() {
-				t.Logf("replica %d said:\n%s", r.base, tail(r.out.String(), 3000))
-			}
-		})
-	}
+	startReplicas(t, s, b, c)
 	gw := startNginx(t, startUpstream(t), "127.0.0.1:8180", "127.0.0.1:8190", "127.0.0.1:8200")
 	waitStates(t, s, "keyward-demo", 30*time.Second)
 	token := func(key string) string {
