@@ -53,7 +53,8 @@ var (
 	conns       = flag.Int("connections", 32, "concurrent connections of each load run")
 	bin         = flag.String("bin", "bin", "folder with keyward and bench-noop")
 	authnArgs   = flag.String("authn-args", "", "more flags for the endpoint under test, space-separated (e.g. --max-header-bytes=8192)")
-	phases      = flag.String("phases", "issuance,endpoint", "what to run: issuance (the controller), endpoint (revocation, memory, throughput, hostile load)")
+	phases      = flag.String("phases", "issuance,endpoint,usage", "what to run: issuance (the controller), endpoint (revocation, memory, throughput, hostile load), usage (collection from 10 replicas)")
+	usageKeys   = flag.Int("usage-keys", 10000, "ApiKeys of the usage phase")
 	profile     = flag.String("profile", "", "write CPU profiles of the endpoint and of the baselines during their first wrk runs here (and here.noop, here.fastnoop); a longer --duration gives finer profiles")
 )
 
@@ -87,6 +88,8 @@ func run() error {
 			err = issuanceRun()
 		case "endpoint":
 			err = endpointRun()
+		case "usage":
+			err = usageRun()
 		default:
 			err = fmt.Errorf("--phases: unknown %q", p)
 		}
