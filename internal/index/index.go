@@ -225,6 +225,10 @@ type Index struct {
 	// replica this one's name in usage reports.
 	peers   atomic.Int64
 	replica string
+	// limitPolicies are the RateLimit-Policy texts of the limits in use,
+	// by number (policyOf); few distinct ones, never dropped.
+	limitPolicies atomic.Pointer[[]string]
+	policyIDs     map[string]uint32
 
 	synced atomic.Bool
 	size   atomic.Int64
@@ -237,6 +241,8 @@ func New() *Index {
 	ix := &Index{seed: maphash.MakeSeed(), names: map[string]uint32{}, setIDs: map[string]uint32{},
 		nsLabels: map[string]map[string]string{}, claims: map[idKey]uint32{}, contested: map[idKey][]uint32{}}
 	ix.lims.Store(&[]*limChunkT{})
+	ix.limitPolicies.Store(&[]string{})
+	ix.policyIDs = map[string]uint32{}
 	ix.peers.Store(1)
 	for i := range ix.shards {
 		ix.shards[i].m = map[idKey]slot{}

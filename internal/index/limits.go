@@ -23,6 +23,7 @@ package index
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=list;watch,namespace=system
 
 import (
+	"strconv"
 	"sync/atomic"
 	"time"
 )
@@ -72,6 +73,54 @@ type LimitState struct {
 	// The quota: the policy, the calls left, and when the window next
 	// moves (or the quota recovers, once exhausted).
 	PerDay, DayRemaining, DayReset int64
+	// Policy is the RateLimit-Policy header's value, formatted once per
+	// policy (PolicyHeader).
+	Policy string
+}
+
+// PolicyHeader is the RateLimit-Policy value (IETF draft) of a key's
+// limits: "rate" is the bucket (q calls at once, refilled over w
+// seconds), "day" the quota.
+func PolicyHeader(perSecond, burst, perDay int64) string {
+	var b []byte
+	if perSecond > 0 {
+		b = append(b, `"rate";q=`...)
+		b = strconv.AppendInt(b, burst, 10)
+		b = append(b, ";w="...)
+		b = strconv.AppendInt(b, max((burst+perSecond-1)/perSecond, 1), 10)
+	}
+	if perDay > 0 {
+		if perSecond > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, `"day";q=`...)
+		b = strconv.AppendInt(b, perDay, 10)
+		b = append(b, ";w=86400"...)
+	}
+	return string(b)
+}
+
+// policyOf interns the policy header of lim; the caller holds ix.mu.
+// Checks read the table without a lock: it only grows, and is replaced
+// whole.
+func (ix *Index) policyOf(lim Limits) uint32 {
+	text := PolicyHeader(lim.PerSecond, lim.Burst, lim.PerDay)
+	if n, ok := ix.policyIDs[text]; ok {
+		return n
+	}
+	old := *ix.limitPolicies.Load()
+	grown := append(old[:len(old):len(old)], text)
+	ix.limitPolicies.Store(&grown)
+	n := uint32(len(grown)) // 1-based: 0 is none
+	ix.policyIDs[text] = n
+	return n
+}
+
+func (ix *Index) policyText(n uint32) string {
+	if n == 0 {
+		return ""
+	}
+	return (*ix.limitPolicies.Load())[n-1]
 }
 
 // Limited reports whether the key has limits (and so the answer
@@ -102,6 +151,8 @@ type limiter struct {
 	dayLeft atomic.Int64
 	// exhaustedUntil is the controller's mark, Unix nanoseconds.
 	exhaustedUntil atomic.Int64
+	// policy is the number of the policy's header text (Index.policyOf).
+	policy atomic.Uint32
 }
 
 const limChunk = 256
@@ -135,6 +186,7 @@ func (ix *Index) newLimiter() uint32 {
 		&l.used, &l.budget, &l.share, &l.dayLeft, &l.exhaustedUntil} {
 		f.Store(0)
 	}
+	l.policy.Store(0)
 	return n
 }
 
@@ -194,6 +246,7 @@ func (ix *Index) admit(n uint32, now time.Time) (st LimitState) {
 	l := ix.limiterAt(n)
 	t := now.UnixNano()
 	peers := max(ix.peers.Load(), 1)
+	st.Policy = ix.policyText(l.policy.Load())
 	st.PerDay = l.perDay.Load()
 	quota := st.PerDay > 0
 	if quota {
@@ -315,6 +368,7 @@ func (ix *Index) applyLimits(oi uint32, lim Limits, q Quota) bool {
 	}
 	l := ix.limiterAt(o.lim)
 	l.setPolicy(lim, peers)
+	l.policy.Store(ix.policyOf(lim))
 	used0 := l.used.Load()
 	l.setQuota(q, used0, ix.uncollected(o, q), peers)
 	return before != o.lim

@@ -369,7 +369,7 @@ func (s *Server) write(resp *fasthttp.Response, v authn.Verdict) {
 	}
 	if st := &v.Limits; st.Limited() {
 		var buf [96]byte
-		h.SetCanonical(hdrRateLimitPolicy, appendPolicy(buf[:0], st))
+		h.SetCanonical(hdrRateLimitPolicy, bytesOf(st.Policy))
 		h.SetCanonical(hdrRateLimit, appendRateLimit(buf[:0], st))
 		if st.Reason != index.LimitOK {
 			h.SetCanonical(hdrRetryAfter, strconv.AppendInt(buf[:0], max(st.RetryAfter, 1), 10))

@@ -24,25 +24,6 @@ const (
 	HeaderRetryAfter      = "Retry-After"
 )
 
-// appendPolicy appends the RateLimit-Policy value of st.
-func appendPolicy(b []byte, st *index.LimitState) []byte {
-	if st.PerSecond > 0 {
-		b = append(b, `"rate";q=`...)
-		b = strconv.AppendInt(b, st.Burst, 10)
-		b = append(b, ";w="...)
-		b = strconv.AppendInt(b, max((st.Burst+st.PerSecond-1)/st.PerSecond, 1), 10)
-	}
-	if st.PerDay > 0 {
-		if st.PerSecond > 0 {
-			b = append(b, ", "...)
-		}
-		b = append(b, `"day";q=`...)
-		b = strconv.AppendInt(b, st.PerDay, 10)
-		b = append(b, ";w=86400"...)
-	}
-	return b
-}
-
 // appendRateLimit appends the RateLimit value of st.
 func appendRateLimit(b []byte, st *index.LimitState) []byte {
 	if st.PerSecond > 0 {
@@ -69,7 +50,7 @@ func limitHeaders(st *index.LimitState, buf []byte, set func(name string, value 
 	if !st.Limited() {
 		return
 	}
-	set(HeaderRateLimitPolicy, appendPolicy(buf[:0], st))
+	set(HeaderRateLimitPolicy, append(buf[:0], st.Policy...))
 	set(HeaderRateLimit, appendRateLimit(buf[:0], st))
 	if st.Reason != index.LimitOK {
 		set(HeaderRetryAfter, strconv.AppendInt(buf[:0], max(st.RetryAfter, 1), 10))
