@@ -271,7 +271,10 @@ func TestOneReplicaRateUnderLoad(t *testing.T) {
 	if rate < 47.5 || rate > 52.5 {
 		t.Errorf("%.1f/s allowed; want 50/s ± 5 %%", rate)
 	}
-	if refused.Load() < 4000 {
-		t.Errorf("only %d refused of ~5000 offered", refused.Load())
+	// The load must be well over the limit for the figure to say anything:
+	// a loaded machine sends fewer than the 5,000 asked for (a worker
+	// still busy skips a tick), so ask for five times the limit.
+	if offered := allowed.Load() + refused.Load(); offered < 5*int64(50*elapsed.Seconds()) {
+		t.Errorf("only %d calls offered in %s, under five times the limit", offered, elapsed)
 	}
 }
