@@ -132,9 +132,16 @@ spec:
 // before the key's limits are consulted: it takes nothing from a bucket.
 func endpointKnows(t *testing.T, tokens ...string) {
 	t.Helper()
+	replicaKnows(t, "127.0.0.1:8180", tokens...)
+}
+
+// replicaKnows is endpointKnows for the endpoint at addr. Each token's
+// probe counts once, as a denial (insufficient_scope), in its key's usage.
+func replicaKnows(t *testing.T, addr string, tokens ...string) {
+	t.Helper()
 	for _, tok := range tokens {
-		eventually(t, 10*time.Second, "the endpoint to know the key", func() bool {
-			req, _ := http.NewRequest("GET", "http://127.0.0.1:8180/authn?scope=nothing:granted", nil)
+		eventually(t, 10*time.Second, "the endpoint at "+addr+" to know the key", func() bool {
+			req, _ := http.NewRequest("GET", "http://"+addr+"/authn?scope=nothing:granted", nil)
 			req.Header.Set("X-Api-Key", tok)
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {

@@ -95,7 +95,14 @@ func TestUsageAcrossReplicas(t *testing.T) {
 	}
 	reader, activator := token("occupancy-reader"), token("agent-activator")
 
+	// Each replica must know the keys before the calls (their watches lag
+	// the Active status a moment); each probe is a denial of its key.
 	var calls []sent
+	for _, addr := range []string{"127.0.0.1:8180", "127.0.0.1:8190", "127.0.0.1:8200"} {
+		replicaKnows(t, addr, reader, activator)
+		calls = append(calls, sent{at: time.Now(), key: "occupancy-reader"}, sent{at: time.Now(), key: "agent-activator"})
+	}
+
 	send := func(n int) {
 		for i := range n {
 			key, tok, path := "occupancy-reader", reader, "/occupancy/floors"
