@@ -34,12 +34,16 @@ if ! have_all "$cache"; then
 		ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
 		ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 	done
-	echo ">>   etcd"
-	(cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" .)
-	for b in kube-apiserver kube-controller-manager kubectl; do
-		echo ">>   $b"
-		(cd "$here/controlplane" && go build -trimpath -ldflags "$ldflags" -o "$tmp/$b" "k8s.io/kubernetes/cmd/$b")
-	done
+	# etcd (a module of its own) beside the three Kubernetes commands, which
+	# one go build compiles together: their shared packages once, and each
+	# link beside the others' compiling rather than after it.
+	echo ">>   etcd, kube-apiserver, kube-controller-manager, kubectl"
+	(cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" .) &
+	etcd=$!
+	(cd "$here/controlplane" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl) ||
+		{ kill "$etcd" 2>/dev/null; exit 1; }
+	wait "$etcd"
 	rm -rf "$cache"
 	mv "$tmp" "$cache"
 	trap - EXIT

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -21,11 +20,26 @@ import (
 	kw "keyward.dev/keyward/api/v1alpha1"
 )
 
-// Root is the repository root.
-func Root() string {
-	_, file, _, _ := goruntime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
+// Root is the repository root: the nearest folder at or above the working
+// directory (a test runs in its package's folder) whose go.mod declares
+// keyward's module. Not the source file's path: make builds with -trimpath,
+// which leaves runtime.Caller a path relative to the module.
+func Root() string { return root() }
+
+var root = sync.OnceValue(func() string {
+	dir, err := os.Getwd()
+	if err != nil {
+		panic(err)
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil && bytes.HasPrefix(b, []byte("module keyward.dev/keyward\n")) {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			panic("testenv: no keyward go.mod at or above " + dir)
+		}
+	}
+})
 
 // Start starts an API server with keyward's CRDs installed. Call Stop on
 // the returned environment when done.
