@@ -186,6 +186,7 @@ commands to try it; Ctrl-C stops everything.`,
 	fs.StringVar(&o.Config, "config", "config", "keyward's config/ tree (CRDs, RBAC, admission, samples)")
 	fs.StringSliceVar(&usageURLs, "usage-endpoints", nil, "metrics base URLs of more auth endpoint replicas to collect usage from, comma-separated")
 	fs.StringVar(&o.PeersService, "peers-service", "", "namespace/name of a Service whose ready endpoints are the auth endpoint replicas sharing each key's limits (default: the in-process endpoint alone)")
+	fs.IntVar(&o.ClientGoVerbosity, "client-go-verbosity", 0, "client-go's log verbosity (klog -v; 4 logs every watch opened and closed), into keyward.log at --zap-log-level's cap")
 	o.Log = zapFlags(fs)
 	c.RunE = func(c *cobra.Command, _ []string) error {
 		o.UsageEndpoints = trimList(usageURLs)

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -40,6 +41,9 @@ type DevOptions struct {
 	// PeersService is the in-process endpoint's --peers-service (empty: it
 	// enforces whole limits alone).
 	PeersService string
+	// ClientGoVerbosity is client-go's klog verbosity (its -v): 4 logs
+	// every watch the reflectors open and close, and why.
+	ClientGoVerbosity int
 }
 
 // Default local addresses (DESIGN.md).
@@ -80,6 +84,13 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 	// client-go's klog goes into the same redacting, capped log; set
 	// before any client exists (klog's logger is not safe to swap later).
 	klog.SetLogger(log.WithName("client-go"))
+	if o.ClientGoVerbosity > 0 {
+		var kf flag.FlagSet
+		klog.InitFlags(&kf)
+		if err := kf.Set("v", strconv.Itoa(o.ClientGoVerbosity)); err != nil {
+			return err
+		}
+	}
 	say := func(format string, args ...any) { fmt.Fprintf(o.Out, ">> "+format+"\n", args...) }
 
 	say("starting etcd and kube-apiserver from %s", o.Assets)

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -9,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/internal/keys"
 	"keyward.dev/keyward/internal/testenv"
 )
 
@@ -48,7 +54,7 @@ func TestCaddyGateway(t *testing.T) {
 	tok := s.secretValue(t, "keyward-demo", "occupancy-reader-apikey", "token")
 	id := s.secretValue(t, "keyward-demo", "occupancy-reader-apikey", "keyId")
 	agent := s.secretValue(t, "keyward-demo", "agent-activator-apikey", "token")
-	endpointKnows(t, tok, agent)
+	s.endpointKnows(t, tok, agent)
 
 	for name, tc := range map[string]struct {
 		path    string
@@ -102,7 +108,7 @@ spec:
 	}
 	waitStates(t, s, "keyward-demo", 30*time.Second)
 	slow := s.secretValue(t, "keyward-demo", "slow-apikey", "token")
-	endpointKnows(t, slow)
+	s.endpointKnows(t, slow)
 	var codes []int
 	var last *http.Response
 	var body []byte
@@ -130,25 +136,79 @@ spec:
 // record by its watch a moment later (longer on a loaded machine). The
 // probe asks for a scope no sample key holds, so it is refused with 403
 // before the key's limits are consulted: it takes nothing from a bucket.
-func endpointKnows(t *testing.T, tokens ...string) {
+func (s *system) endpointKnows(t *testing.T, tokens ...string) {
 	t.Helper()
-	replicaKnows(t, "127.0.0.1:8180", tokens...)
+	s.replicaKnows(t, "127.0.0.1:8180", tokens...)
 }
 
 // replicaKnows is endpointKnows for the endpoint at addr. Each token's
 // probe counts once, as a denial (insufficient_scope), in its key's usage.
-func replicaKnows(t *testing.T, addr string, tokens ...string) {
+// When the endpoint does not learn a key in time, the test fails with what
+// the cluster holds of that key ID, so the failure says which side is wrong.
+func (s *system) replicaKnows(t *testing.T, addr string, tokens ...string) {
 	t.Helper()
 	for _, tok := range tokens {
-		eventually(t, 10*time.Second, "the endpoint at "+addr+" to know the key", func() bool {
+		deadline := time.Now().Add(10 * time.Second)
+		var last string
+		for {
 			req, _ := http.NewRequest("GET", "http://"+addr+"/authn?scope=nothing:granted", nil)
 			req.Header.Set("X-Api-Key", tok)
 			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				return false
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusForbidden {
+					break
+				}
+				last = fmt.Sprintf("%d %s", resp.StatusCode, b)
+			} else {
+				last = err.Error()
 			}
-			resp.Body.Close()
-			return resp.StatusCode == http.StatusForbidden
-		})
+			if time.Now().After(deadline) {
+				t.Fatalf("after 10s the endpoint at %s does not know the key; its last answer: %s\n%s", addr, last, s.whereIs(tok))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
+}
+
+// whereIs says what the cluster holds of a token's key ID: the records
+// listing it, whether the token's digest is the recorded one, and their
+// ApiKeys. It never says the secret.
+func (s *system) whereIs(tok string) string {
+	id, secret, err := keys.Parse(tok)
+	if err != nil {
+		return "the token does not parse: " + err.Error()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var recs kw.ApiKeyRecordList
+	if err := s.c.List(ctx, &recs); err != nil {
+		return "listing records: " + err.Error()
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "key ID %s:", id)
+	found := false
+	for _, r := range recs.Items {
+		for _, k := range r.Spec.Keys {
+			if k.KeyID != id {
+				continue
+			}
+			found = true
+			fmt.Fprintf(&b, "\n  record %s/%s uid %s created %s rv %s revoked %v owner %v; digest matches the token: %v",
+				r.Namespace, r.Name, r.UID, r.CreationTimestamp.UTC().Format(time.RFC3339), r.ResourceVersion,
+				r.Spec.Revoked, r.OwnerReferences, k.Digest == keys.Digest(secret))
+			var key kw.ApiKey
+			if err := s.c.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: r.Name}, &key); err != nil {
+				fmt.Fprintf(&b, "\n    its ApiKey: %v", err)
+			} else {
+				fmt.Fprintf(&b, "\n    its ApiKey: uid %s rv %s archived %v state %s keyId %s",
+					key.UID, key.ResourceVersion, key.Spec.Archived, key.Status.State, key.Status.KeyID)
+			}
+		}
+	}
+	if !found {
+		fmt.Fprintf(&b, " in no record of the %d in the cluster", len(recs.Items))
+	}
+	return b.String()
 }

@@ -47,15 +47,40 @@ type system struct {
 	seen   map[string]string
 }
 
+// keywardBin is keyward built once for all the tests of the package.
+var keywardBin struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// buildKeyward builds keyward from the working tree, once per run of the
+// package (linking it takes seconds; every test runs the same source).
 func buildKeyward(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "keyward")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/keyward")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build keyward: %v\n%s", err, out)
+	kb := &keywardBin
+	kb.once.Do(func() {
+		if kb.dir, kb.err = os.MkdirTemp("", "keyward-e2e-"); kb.err != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", filepath.Join(kb.dir, "keyward"), "./cmd/keyward")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			kb.err = fmt.Errorf("%w\n%s", err, out)
+		}
+	})
+	if kb.err != nil {
+		t.Fatalf("build keyward: %v", kb.err)
 	}
-	return bin
+	return filepath.Join(kb.dir, "keyward")
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if keywardBin.dir != "" {
+		_ = os.RemoveAll(keywardBin.dir)
+	}
+	os.Exit(code)
 }
 
 func assets(t *testing.T) string {
@@ -77,7 +102,10 @@ func startDev(t *testing.T, bin string, args ...string) *system {
 	s.kubeconfig = filepath.Join(s.dir, "kubeconfig")
 	s.cmd = exec.Command(bin, append([]string{"dev", "--assets", assets(t), "--dir", s.dir, "--config", filepath.Join(root, "config"),
 		// The most verbose log keyward writes, for the secret scan.
-		"--zap-log-level=5"}, args...)...)
+		"--zap-log-level=5",
+		// Every watch client-go opens and closes, and why: a key the
+		// endpoint learns late is then explained by its log.
+		"--client-go-verbosity=4"}, args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
@@ -108,7 +136,16 @@ func startDev(t *testing.T, bin string, args ...string) *system {
 		if t.Failed() {
 			t.Logf("keyward dev said:\n%s", s.out.String())
 			if log, err := os.ReadFile(filepath.Join(s.dir, "keyward.log")); err == nil {
-				t.Logf("keyward.log (tail):\n%s", tail(string(log), 40000))
+				// Everything but the endpoint's decisions (a probe loop
+				// writes dozens a second), then the end as it was.
+				var rest []string
+				for _, line := range strings.Split(string(log), "\n") {
+					if !strings.Contains(line, `"msg":"decision"`) {
+						rest = append(rest, line)
+					}
+				}
+				t.Logf("keyward.log without decisions (tail):\n%s", tail(strings.Join(rest, "\n"), 80000))
+				t.Logf("keyward.log (tail):\n%s", tail(string(log), 4000))
 			}
 		}
 	})
@@ -390,11 +427,22 @@ func TestDevTourWithKubectl(t *testing.T) {
 // Secret, and every archived one is Archived; it returns how long that took.
 func waitStates(t *testing.T, s *system, ns string, within time.Duration) time.Duration {
 	t.Helper()
+	return waitKeys(t, s, ns, 4, within) // the samples' four keys
+}
+
+// waitKeys is waitStates for a namespace that holds at least n ApiKeys.
+func waitKeys(t *testing.T, s *system, ns string, n int, within time.Duration) time.Duration {
+	t.Helper()
 	start := time.Now()
 	var state string
+	defer func() {
+		if t.Failed() {
+			t.Logf("the keys of %s, last seen: %s", ns, state)
+		}
+	}()
 	eventually(t, within, "the keys of "+ns+" to be Active with Secrets", func() bool {
 		var keys kw.ApiKeyList
-		if err := s.c.List(context.Background(), &keys, client.InNamespace(ns)); err != nil || len(keys.Items) < 4 {
+		if err := s.c.List(context.Background(), &keys, client.InNamespace(ns)); err != nil || len(keys.Items) < n {
 			state = fmt.Sprintf("%d keys, %v", len(keys.Items), err)
 			return false
 		}
@@ -417,7 +465,6 @@ func waitStates(t *testing.T, s *system, ns string, within time.Duration) time.D
 		}
 		return true
 	})
-	_ = state
 	return time.Since(start)
 }
 

@@ -175,7 +175,7 @@ func TestNginxGateway(t *testing.T) {
 	secret := func(name, field string) string { return s.secretValue(t, "keyward-demo", name, field) }
 	tok := secret("occupancy-reader-apikey", "token")
 	id, sec := secret("occupancy-reader-apikey", "keyId"), secret("occupancy-reader-apikey", "secret")
-	endpointKnows(t, tok, secret("agent-activator-apikey", "token"))
+	s.endpointKnows(t, tok, secret("agent-activator-apikey", "token"))
 	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(id+":"+sec))
 
 	t.Run("every credential form is allowed and the upstream learns who called", func(t *testing.T) {

@@ -127,4 +127,6 @@ spec:
 		return err == nil
 	})
 	t.Logf("refused, then: %s", strings.TrimSpace(out))
+	// Accepted means issued: the key becomes Active with its Secret.
+	waitKeys(t, s, "team-a", 1, 30*time.Second)
 }

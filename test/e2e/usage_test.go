@@ -99,7 +99,7 @@ func TestUsageAcrossReplicas(t *testing.T) {
 	// the Active status a moment); each probe is a denial of its key.
 	var calls []sent
 	for _, addr := range []string{"127.0.0.1:8180", "127.0.0.1:8190", "127.0.0.1:8200"} {
-		replicaKnows(t, addr, reader, activator)
+		s.replicaKnows(t, addr, reader, activator)
 		calls = append(calls, sent{at: time.Now(), key: "occupancy-reader"}, sent{at: time.Now(), key: "agent-activator"})
 	}
 
