@@ -45,9 +45,9 @@ const (
 // its last collection are lost if it dies (at most Interval of them).
 type UsageCollector struct {
 	Client client.Client
-	// Endpoints returns the base URLs (http://host:port of the metrics
-	// address) of every endpoint replica.
-	Endpoints func(ctx context.Context) ([]string, error)
+	// Endpoints finds the endpoint replicas: the base URLs of their
+	// metrics addresses and, when known, the hosts behind them.
+	Endpoints func(ctx context.Context) (Replicas, error)
 	// Interval between collections; MinWrite between two usage writes of
 	// one ApiKey; WritesPerSecond caps all usage writes.
 	Interval, MinWrite time.Duration
@@ -123,11 +123,12 @@ type pendingObs map[[2]string]usage.Observation
 // ApiKeys concerned, and writes, within the write budget, the keys whose
 // shown figures are most out of date first.
 func (u *UsageCollector) round(ctx context.Context) error {
-	urls, err := u.Endpoints(ctx)
+	reps, err := u.Endpoints(ctx)
 	if err != nil {
 		return fmt.Errorf("find the auth endpoint replicas: %w", err)
 	}
-	live := map[string]bool{}
+	urls := reps.URLs
+	answered := map[string]bool{}
 	for _, url := range urls {
 		d, err := u.fetch(ctx, url)
 		if err != nil {
@@ -135,12 +136,12 @@ func (u *UsageCollector) round(ctx context.Context) error {
 			// may still hold totals that were taken in.
 			u.Log.V(1).Info("usage: a replica did not answer", "url", url, "error", err.Error())
 			usageCollections.WithLabelValues("error").Inc()
-			live = nil
+			answered = nil
 			continue
 		}
 		usageCollections.WithLabelValues("ok").Inc()
-		if live != nil {
-			live[d.Replica] = true
+		if answered != nil {
+			answered[d.Replica] = true
 		}
 		for _, c := range d.Keys {
 			k, ok := c.KeyCount()
@@ -153,6 +154,12 @@ func (u *UsageCollector) round(ctx context.Context) error {
 			}
 			u.pending[nn][[2]string{d.Replica, k.KeyID}] = usage.Observation{Replica: d.Replica, KeyCount: k}
 		}
+	}
+	// Which cursors' runs are gone for good can be told only when every
+	// replica answered (usage.Live).
+	var live *usage.Live
+	if answered != nil {
+		live = usage.Answered(answered, reps.Hosts)
 	}
 	var keys kw.ApiKeyList
 	if err := u.Client.List(ctx, &keys, client.UnsafeDisableDeepCopy); err != nil {
@@ -353,21 +360,46 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Replicas is where the auth endpoint replicas are.
+type Replicas struct {
+	// URLs are the base URLs (https://host:port of the metrics address)
+	// of the replicas to collect from.
+	URLs []string
+	// Hosts are the pods behind the endpoints' Service, ready or not (a
+	// cursor of a pod not among them is dropped: that pod is gone); nil
+	// when not known.
+	Hosts map[string]bool
+}
+
 // StaticEndpoints is a fixed list of replica base URLs.
-func StaticEndpoints(urls ...string) func(context.Context) ([]string, error) {
-	return func(context.Context) ([]string, error) { return urls, nil }
+func StaticEndpoints(urls ...string) func(context.Context) (Replicas, error) {
+	return func(context.Context) (Replicas, error) { return Replicas{URLs: urls}, nil }
 }
 
 // ServiceEndpoints finds the replicas behind a Service from its
-// EndpointSlices: every ready address, on the port named port.
-func ServiceEndpoints(c client.Reader, namespace, service, port string) func(context.Context) ([]string, error) {
-	return func(ctx context.Context) ([]string, error) {
+// EndpointSlices: every ready address, on the port named port, and the
+// pod of every address, ready or not.
+func ServiceEndpoints(c client.Reader, namespace, service, port string) func(context.Context) (Replicas, error) {
+	return func(ctx context.Context) (Replicas, error) {
 		var slices discoveryv1.EndpointSliceList
 		if err := c.List(ctx, &slices, client.InNamespace(namespace),
 			client.MatchingLabels{discoveryv1.LabelServiceName: service}); err != nil {
-			return nil, err
+			return Replicas{}, err
 		}
-		var urls []string
+		r := Replicas{Hosts: map[string]bool{}}
+		for _, s := range slices.Items {
+			for _, e := range s.Endpoints {
+				if e.TargetRef != nil && e.TargetRef.Kind == "Pod" {
+					r.Hosts[usage.HostName(e.TargetRef.Name)] = true
+				} else {
+					r.Hosts = nil // an address of no pod: which hosts are gone cannot be told
+					break
+				}
+			}
+			if r.Hosts == nil {
+				break
+			}
+		}
 		for _, s := range slices.Items {
 			var p int32
 			for _, sp := range s.Ports {
@@ -387,10 +419,10 @@ func ServiceEndpoints(c client.Reader, namespace, service, port string) func(con
 					if s.AddressType == discoveryv1.AddressTypeIPv6 {
 						host = "[" + a + "]"
 					}
-					urls = append(urls, "https://"+host+":"+strconv.Itoa(int(p)))
+					r.URLs = append(r.URLs, "https://"+host+":"+strconv.Itoa(int(p)))
 				}
 			}
 		}
-		return urls, nil
+		return r, nil
 	}
 }

@@ -2,9 +2,12 @@ package controllers
 
 import (
 	"context"
+	"maps"
 	"slices"
+	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -40,13 +43,35 @@ func TestServiceEndpoints(t *testing.T) {
 		slice("a", discoveryv1.AddressTypeIPv4, ready("10.0.0.1", true), ready("10.0.0.2", false)),
 		slice("b", discoveryv1.AddressTypeIPv6, ready("fd00::3", true)),
 		other)
-	urls, err := ServiceEndpoints(k8s, ns, "keyward-authn", "metrics")(context.Background())
+	r, err := ServiceEndpoints(k8s, ns, "keyward-authn", "metrics")(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
+	urls := r.URLs
 	slices.Sort(urls)
 	if want := []string{"https://10.0.0.1:8080", "https://[fd00::3]:8080"}; !slices.Equal(urls, want) {
 		t.Fatalf("replicas %v, want %v", urls, want)
+	}
+	// The pods behind it, ready or not, name the hosts whose runs may still
+	// report; the addresses above name no pod, so that is not known.
+	if r.Hosts != nil {
+		t.Fatalf("hosts %v of addresses without pods, want unknown (nil)", r.Hosts)
+	}
+	pod := func(addr, name string, ok bool) discoveryv1.Endpoint {
+		e := ready(addr, ok)
+		e.TargetRef = &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: name}
+		return e
+	}
+	long := strings.Repeat("p", 60)
+	withPods := slice("c", discoveryv1.AddressTypeIPv4, pod("10.0.1.1", "authn-1", true), pod("10.0.1.2", long, false))
+	withPods.Labels[discoveryv1.LabelServiceName] = "pods"
+	create(t, withPods)
+	r, err = ServiceEndpoints(k8s, ns, "pods", "metrics")(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]bool{"authn-1": true, long[:48]: true}; !maps.Equal(r.Hosts, want) || !slices.Equal(r.URLs, []string{"https://10.0.1.1:8080"}) {
+		t.Fatalf("hosts %v and URLs %v, want hosts %v (names cut as a run's host is) and the ready pod's URL", r.Hosts, r.URLs, want)
 	}
 }
 

@@ -74,15 +74,13 @@ type AuthnOptions struct {
 }
 
 // ReplicaName is a name for one run of an endpoint replica: the host (the
-// pod) and a random suffix.
+// pod) and a random suffix. The collector reads the host back
+// (usage.HostOf) to tell when a run is gone for good.
 func ReplicaName() string {
 	host, _ := os.Hostname()
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	if len(host) > 48 {
-		host = host[:48]
-	}
-	return fmt.Sprintf("%s-%x", host, b)
+	return fmt.Sprintf("%s-%x", usage.HostName(host), b)
 }
 
 // The decision metrics are registered once with the process-wide registry

@@ -154,7 +154,7 @@ func RunController(ctx context.Context, cfg *rest.Config, o ControllerOptions) e
 	return mgr.Start(ctx)
 }
 
-func usageEndpoints(mgr ctrl.Manager, o ControllerOptions) (func(context.Context) ([]string, error), error) {
+func usageEndpoints(mgr ctrl.Manager, o ControllerOptions) (func(context.Context) (controllers.Replicas, error), error) {
 	switch {
 	case o.UsageService != "":
 		ns, name, ok := strings.Cut(o.UsageService, "/")

@@ -58,11 +58,28 @@ func (c Compact) MarshalJSON() ([]byte, error) {
 	return append(b, ']'), nil
 }
 
-// UnmarshalJSON reads the array.
+// UnmarshalJSON reads the array, or the object of protocol 1 (KeyCount):
+// a replica not yet upgraded answers a request for protocol 2 with its
+// full Report of protocol 1, which decodes as a Delta with ID 0 (so the
+// next request asks for everything again, as protocol 1 always gives).
 func (c *Compact) UnmarshalJSON(b []byte) error {
+	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) > 0 && t[0] == '{' {
+		var k KeyCount
+		if err := json.Unmarshal(t, &k); err != nil {
+			return err
+		}
+		if k.Namespace == "" || k.Name == "" || k.KeyID == "" {
+			return errors.New("a usage entry of protocol 1 names its namespace, name and keyId")
+		}
+		*c = Compact{Key: k.Namespace + "/" + k.Name, KeyID: k.KeyID, Allowed: k.Allowed, Denied: k.Denied, Limited: k.Limited}
+		if !k.LastUsed.IsZero() {
+			c.LastUsed = k.LastUsed.Unix()
+		}
+		return nil
+	}
 	var a []json.RawMessage
 	if err := json.Unmarshal(b, &a); err != nil || len(a) != 6 {
-		return errors.New(`a usage entry is ["namespace/name", "keyId", allowed, denied, limited, lastUsed]`)
+		return errors.New(`a usage entry is ["namespace/name", "keyId", allowed, denied, limited, lastUsed] or an object of protocol 1`)
 	}
 	if err := json.Unmarshal(a[0], &c.Key); err != nil {
 		return err

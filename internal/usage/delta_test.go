@@ -159,6 +159,51 @@ func TestCompactRoundTrip(t *testing.T) {
 	}
 }
 
+// TestDeltaReadsProtocol1: during a rolling upgrade the controller may ask
+// a replica not yet upgraded for protocol 2; that replica ignores v=2 and
+// answers its full Report of protocol 1, which the controller reads as a
+// Delta with every key and no ID (so it asks for everything again), and
+// folds exactly as it would have.
+func TestDeltaReadsProtocol1(t *testing.T) {
+	ix, ids := deltaIndex(t, 3)
+	now := time.Now()
+	ix.Count(ids[0], index.Allowed, now)
+	ix.Count(ids[0], index.Allowed, now)
+	ix.Count(ids[2], index.InsufficientScope, now)
+	old, err := json.Marshal(Snapshot(ix, "old-replica"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d Delta
+	if err := json.Unmarshal(old, &d); err != nil {
+		t.Fatalf("a report of protocol 1 does not decode as a Delta: %v\n%s", err, old)
+	}
+	if d.Replica != "old-replica" || d.ID != 0 || len(d.Keys) != 2 {
+		t.Fatalf("%+v, want old-replica's two counted keys and no ID", d)
+	}
+	got := map[string][2]uint64{}
+	for _, c := range d.Keys {
+		k, ok := c.KeyCount()
+		if !ok {
+			t.Fatalf("%+v does not name its ApiKey", c)
+		}
+		got[k.Namespace+"/"+k.Name+"/"+k.KeyID] = [2]uint64{k.Allowed, k.Denied}
+	}
+	want := map[string][2]uint64{
+		"d/k0/" + ids[0].KeyID(): {2, 0},
+		"d/k2/" + ids[2].KeyID(): {0, 1},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("decoded %v, want %v", got, want)
+	}
+	for _, bad := range []string{`{"namespace":"d","name":"k0"}`, `{"keyId":"x","allowed":"many"}`} {
+		var c Compact
+		if err := json.Unmarshal([]byte(bad), &c); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
 // BenchmarkCollectionRound: one collection round of one replica with n
 // keys, 10 % of them counted since the last round: the bytes of the full
 // report (protocol 1, what the controller read every 5 s) against the

@@ -24,11 +24,12 @@ type Observation struct {
 // Fold takes the reports' totals for one ApiKey into its usage at now: the
 // increase since each (replica, key ID) cursor goes into the hour of now,
 // the cursors move, hours that began more than Window ago fall out, and
-// the figures are summed again. live names the replicas that answered this
-// round; a cursor of any other replica is dropped a Window after it last
-// moved. A nil live (not every replica answered) drops no cursor. Fold is pure: the same inputs give the same status, so a retried
-// write never counts twice (the cursors travel with the counts).
-func Fold(old *kw.Usage, lastUsed *metav1.Time, obs []Observation, live map[string]bool, now time.Time) (*kw.Usage, *metav1.Time) {
+// the figures are summed again. live says which replica runs answered this
+// round (nil: not every replica answered, and then no cursor is dropped);
+// a cursor whose run is gone for good (Live.Gone) is dropped. Fold is pure:
+// the same inputs give the same status, so a retried write never counts
+// twice (the cursors travel with the counts).
+func Fold(old *kw.Usage, lastUsed *metav1.Time, obs []Observation, live *Live, now time.Time) (*kw.Usage, *metav1.Time) {
 	u := &kw.Usage{}
 	if old != nil {
 		u = old.DeepCopy()
@@ -62,11 +63,11 @@ func Fold(old *kw.Usage, lastUsed *metav1.Time, obs []Observation, live map[stri
 	since := now.Add(-Window)
 	kept := u.Cursors[:0]
 	for _, c := range u.Cursors {
-		if live == nil || live[c.Replica] || !c.SeenAt.Time.Before(since) {
+		if !live.Gone(c, now) {
 			kept = append(kept, c)
 		}
 	}
-	u.Cursors = kept
+	u.Cursors = capCursors(kept, live)
 	u.Last24h, u.Denied24h, u.Limited24h = 0, 0, 0
 	hours := u.Hours[:0]
 	for _, h := range u.Hours {
@@ -152,25 +153,21 @@ func ExhaustedUntil(u *kw.Usage, perDay int64, replicas int, now time.Time) *met
 }
 
 // Due reports whether a usage must be folded again though nothing new came
-// in: an hour has fallen out of the window, or, all replicas having
-// answered (live not nil), a cursor of a replica not among them is past
-// its Window.
-func Due(u *kw.Usage, live map[string]bool, now time.Time) bool {
+// in: an hour has fallen out of the window, or a cursor's run is gone for
+// good (Live.Gone).
+func Due(u *kw.Usage, live *Live, now time.Time) bool {
 	if u == nil {
 		return false
 	}
-	since := now.Add(-Window)
-	if len(u.Hours) > 0 && u.Hours[0].Start.Time.Before(since) {
+	if len(u.Hours) > 0 && u.Hours[0].Start.Time.Before(now.Add(-Window)) {
 		return true
 	}
-	if live != nil {
-		for _, c := range u.Cursors {
-			if !live[c.Replica] && c.SeenAt.Time.Before(since) {
-				return true
-			}
+	for _, c := range u.Cursors {
+		if live.Gone(c, now) {
+			return true
 		}
 	}
-	return false
+	return len(u.Cursors) > MaxCursors
 }
 
 // Share is how far the shown figures (old) are from the folded ones (nu),

@@ -1,6 +1,9 @@
 package usage
 
 import (
+	"fmt"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -20,7 +23,11 @@ func TestFoldCountsOnceAndRollsOff(t *testing.T) {
 	step := func(d time.Duration, live map[string]bool, o ...Observation) {
 		t.Helper()
 		clock = clock.Add(d)
-		u, last = Fold(u, last, o, live, clock)
+		var l *Live
+		if live != nil {
+			l = Answered(live, nil)
+		}
+		u, last = Fold(u, last, o, l, clock)
 	}
 	want := func(allowed, denied int64) {
 		t.Helper()
@@ -81,11 +88,11 @@ func TestFoldChanged(t *testing.T) {
 	if Changed(nil, nil, u, last) {
 		t.Fatal("an empty fold of an empty status is a change")
 	}
-	u2, last2 := Fold(u, last, []Observation{obs("a", "K1", 1, 0, now)}, map[string]bool{"a": true}, now)
+	u2, last2 := Fold(u, last, []Observation{obs("a", "K1", 1, 0, now)}, Answered(map[string]bool{"a": true}, nil), now)
 	if !Changed(u, last, u2, last2) {
 		t.Fatal("a new call is not a change")
 	}
-	u3, last3 := Fold(u2, last2, []Observation{obs("a", "K1", 1, 0, now)}, map[string]bool{"a": true}, now.Add(time.Second))
+	u3, last3 := Fold(u2, last2, []Observation{obs("a", "K1", 1, 0, now)}, Answered(map[string]bool{"a": true}, nil), now.Add(time.Second))
 	if Changed(u2, last2, u3, last3) {
 		t.Fatalf("the same totals again are a change: %+v → %+v", u2, u3)
 	}
@@ -146,5 +153,114 @@ func TestExhaustedUntil(t *testing.T) {
 	want = time.Date(2026, 11, 25, 5, 0, 1, 0, time.UTC)
 	if got := ExhaustedUntil(u, 400, 1, now); got == nil || !got.Time.Equal(want) {
 		t.Fatalf("exhausted until %v, want %v", got, want)
+	}
+}
+
+// A cursor goes as soon as its run can never report again: its pod
+// answered under another run (a restart), or its pod is no longer behind
+// the Service. A run that did not answer and whose pod is still there keeps
+// its cursor; a round in which a replica did not answer drops nothing.
+func TestFoldDropsCursorsOfRunsGoneForGood(t *testing.T) {
+	clock := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+	var u *kw.Usage
+	runs := func(names ...string) map[string]bool {
+		m := map[string]bool{}
+		for _, n := range names {
+			m[n] = true
+		}
+		return m
+	}
+	step := func(live *Live, o ...Observation) {
+		t.Helper()
+		clock = clock.Add(5 * time.Second)
+		u, _ = Fold(u, nil, o, live, clock)
+	}
+	cursors := func() []string {
+		var names []string
+		for _, c := range u.Cursors {
+			names = append(names, c.Replica+"/"+c.KeyID)
+		}
+		slices.Sort(names)
+		return names
+	}
+	want := func(allowed int64, names ...string) {
+		t.Helper()
+		if got := cursors(); !slices.Equal(got, names) || u.Last24h != allowed {
+			t.Fatalf("cursors %v and %d allowed, want %v and %d", got, u.Last24h, names, allowed)
+		}
+	}
+	const a1, a2, b1, c1 = "authn-a-0000000a", "authn-a-00000a02", "authn-b-0000000b", "authn-c-0000000c"
+	pods := runs("authn-a", "authn-b", "authn-c")
+	step(Answered(runs(a1, b1, c1), pods), obs(a1, "K1", 10, 0, clock), obs(b1, "K1", 5, 0, clock), obs(c1, "K1", 1, 0, clock))
+	want(16, a1+"/K1", b1+"/K1", c1+"/K1")
+	// authn-a restarts (a2) while authn-c is not ready (not collected, its
+	// pod still there): a1's cursor goes, c1's stays.
+	step(Answered(runs(a2, b1), pods), obs(a2, "K1", 3, 0, clock))
+	want(19, a2+"/K1", b1+"/K1", c1+"/K1")
+	if Due(u, Answered(runs(a2, b1), pods), clock) {
+		t.Fatal("nothing is gone, yet Due says fold again")
+	}
+	// authn-c is ready again, the same run: its total is not counted again.
+	step(Answered(runs(a2, b1, c1), pods), obs(c1, "K1", 1, 0, clock))
+	want(19, a2+"/K1", b1+"/K1", c1+"/K1")
+	// A round a replica did not answer drops nothing, even of a pod gone.
+	step(nil)
+	want(19, a2+"/K1", b1+"/K1", c1+"/K1")
+	// authn-c's pod is gone (scaled down): its cursor goes though nothing
+	// came in, and Due says so first.
+	gone := runs("authn-a", "authn-b")
+	if !Due(u, Answered(runs(a2, b1), gone), clock) {
+		t.Fatal("a cursor of a pod gone, and Due does not say fold again")
+	}
+	step(Answered(runs(a2, b1), gone))
+	want(19, a2+"/K1", b1+"/K1")
+	// A run name of another form (a static --usage-endpoints replica named
+	// by flag) keeps its cursor a Window after it last moved.
+	step(Answered(runs(a2, b1, "static"), gone), obs("static", "K1", 2, 0, clock))
+	step(Answered(runs(a2, b1), gone))
+	want(21, a2+"/K1", b1+"/K1", "static/K1")
+	clock = clock.Add(Window)
+	step(Answered(runs(a2, b1), gone))
+	want(0, a2+"/K1", b1+"/K1")
+}
+
+// Past MaxCursors (which the rules keep far off), the cursors of runs that
+// answered stay and the others go, least recently moved first: a status
+// the API server refuses would freeze the figures.
+func TestFoldCapsCursors(t *testing.T) {
+	now := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+	u := &kw.Usage{}
+	for i := range MaxCursors + 100 {
+		u.Cursors = append(u.Cursors, kw.UsageCursor{Replica: fmt.Sprintf("r%d", i), KeyID: "K1", Allowed: 1,
+			SeenAt: metav1.NewTime(now.Add(-time.Duration(i) * time.Minute))})
+	}
+	oldest := u.Cursors[len(u.Cursors)-1].Replica
+	if !Due(u, nil, now) {
+		t.Fatal("too many cursors, and Due does not say fold again")
+	}
+	nu, _ := Fold(u, nil, []Observation{obs(oldest, "K1", 2, 0, now)}, Answered(map[string]bool{oldest: true}, nil), now)
+	if len(nu.Cursors) != MaxCursors || nu.Cursors[0].Replica != oldest || nu.Last24h != 1 {
+		t.Fatalf("%d cursors, first %s, %d allowed; want %d, the run that answered first, 1",
+			len(nu.Cursors), nu.Cursors[0].Replica, nu.Last24h, MaxCursors)
+	}
+	for _, c := range nu.Cursors[1:] {
+		if n, _ := strconv.Atoi(c.Replica[1:]); n >= MaxCursors-1 {
+			t.Fatalf("cursor %s kept: the least recently moved should have gone", c.Replica)
+		}
+	}
+}
+
+func TestHostOf(t *testing.T) {
+	for run, host := range map[string]string{
+		"keyward-authn-7d9f-x2x9q-0a1b2c3d": "keyward-authn-7d9f-x2x9q",
+		"h-00000000":                        "h",
+		"-00000000":                         "",
+		"static":                            "",
+		"host-0A1B2C3D":                     "",
+		"host-0a1b2c3":                      "",
+	} {
+		if got := HostOf(run); got != host {
+			t.Errorf("HostOf(%q) = %q, want %q", run, got, host)
+		}
 	}
 }
