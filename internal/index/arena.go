@@ -20,10 +20,14 @@ const shardCount = 64
 // number of its record. Slots are the values of a shard's map: one probe
 // finds all of it.
 type slot struct {
-	sum                  keys.Sum
-	expiresAt, revokesAt int64
-	rec                  uint32
-	archived             bool
+	sum keys.Sum
+	// until is when the key stops working (Entry.until), or -1 when its
+	// ApiKey is archived or its record revoked.
+	until int64
+	rec   uint32
+	// owner is the ApiKey the key is published for: the one claimant of a
+	// key ID no other ApiKey claims (ownership.go).
+	owner uint32
 }
 
 // record is what a check hands on about a key (its ID, its ApiKey's name,
@@ -198,3 +202,26 @@ func (ix *Index) unpublish(id *idKey) {
 	ix.size.Add(-1)
 	s.compact()
 }
+
+// array is a growable array in chunks that never move: it holds no slack
+// beyond its last chunk, and growing copies nothing. Elements are numbered
+// from 0; at returns a pointer that stays valid.
+type array[T any] struct {
+	chunks []*[arrayChunk]T
+	n      uint32
+}
+
+const arrayChunk = 1024
+
+func (a *array[T]) at(i uint32) *T { return &a.chunks[i/arrayChunk][i%arrayChunk] }
+
+// add appends a zero element and returns its number.
+func (a *array[T]) add() uint32 {
+	if a.n == uint32(len(a.chunks))*arrayChunk {
+		a.chunks = append(a.chunks, new([arrayChunk]T))
+	}
+	a.n++
+	return a.n - 1
+}
+
+func (a *array[T]) len() int { return int(a.n) }

@@ -93,7 +93,7 @@ func (ix *Index) RetainNamespaces(keep map[string]bool) {
 // in, and republishes those that changed.
 func (ix *Index) regrant(in func(namespace string) bool) {
 	for full, oi := range ix.names {
-		o := &ix.owners[oi]
+		o := ix.owners.at(oi)
 		ns, _, _ := strings.Cut(full, "/")
 		if !o.hasApiKey || !in(ns) {
 			continue

@@ -36,9 +36,10 @@ type Entry struct {
 	Sum keys.Sum
 	// Archived: the ApiKey is archived or its record revoked.
 	Archived bool
-	// expiresAt (ApiKey spec.expiresAt) and revokesAt (end of a rotation's
-	// grace period), Unix nanoseconds, 0 for never.
-	expiresAt, revokesAt int64
+	// until is when the key stops working, Unix nanoseconds, 0 for never:
+	// the earlier of its ApiKey's spec.expiresAt and the end of a
+	// rotation's grace period.
+	until int64
 	Identity
 }
 
@@ -46,8 +47,15 @@ type Entry struct {
 // end of a grace period are judged at request time, so a late controller
 // cannot extend a key.
 func (e *Entry) ExpiredAt(now time.Time) bool {
-	n := now.UnixNano()
-	return e.expiresAt != 0 && n >= e.expiresAt || e.revokesAt != 0 && n >= e.revokesAt
+	return e.until != 0 && now.UnixNano() >= e.until
+}
+
+// earliest is the earlier of two times in Unix nanoseconds, 0 for never.
+func earliest(a, b int64) int64 {
+	if a == 0 || b != 0 && b < a {
+		return b
+	}
+	return a
 }
 
 // Identity names a key and what it may do, for the answer to a check. It
@@ -193,14 +201,13 @@ type Index struct {
 	names                    map[string]uint32
 	nameBytes                chunks
 	liveNameLen, deadNameLen int
-	owners                   []owner
+	owners                   array[owner]
 	freeOwners               []uint32
-	rkeys                    []rkey
+	rkeys                    array[rkey]
 	freeRkeys                []uint32
-	// claims maps each claimed key ID to a claimant; contested lists all
-	// claimants of the few key IDs more than one ApiKey claims
-	// (ownership.go).
-	claims     map[idKey]uint32
+	// contested lists all claimants of the few key IDs more than one
+	// ApiKey claims; any other key ID's one claimant is the owner its slot
+	// names (ownership.go).
 	contested  map[idKey][]uint32
 	contestedN atomic.Int64
 	// sets interns scope lists: keys with the same scopes share them.
@@ -239,7 +246,7 @@ type Index struct {
 // New returns an empty index.
 func New() *Index {
 	ix := &Index{seed: maphash.MakeSeed(), names: map[string]uint32{}, setIDs: map[string]uint32{},
-		nsLabels: map[string]map[string]string{}, claims: map[idKey]uint32{}, contested: map[idKey][]uint32{}}
+		nsLabels: map[string]map[string]string{}, contested: map[idKey][]uint32{}}
 	ix.lims.Store(&[]*limChunkT{})
 	ix.limitPolicies.Store(&[]string{})
 	ix.policyIDs = map[string]uint32{}
@@ -267,8 +274,7 @@ func (ix *Index) Lookup(id string) (e Entry, found bool) {
 	s := &ix.shards[no]
 	s.mu.RLock()
 	if sl, ok := s.m[k]; ok {
-		e = Entry{Sum: sl.sum, Archived: sl.archived, expiresAt: sl.expiresAt, revokesAt: sl.revokesAt,
-			Identity: s.identity(sl.rec, no)}
+		e = Entry{Sum: sl.sum, Archived: sl.until < 0, until: max(sl.until, 0), Identity: s.identity(sl.rec, no)}
 		found = true
 	}
 	s.mu.RUnlock()
@@ -321,11 +327,10 @@ func (ix *Index) owner(full string, create bool) (uint32, bool) {
 	if n := len(ix.freeOwners); n > 0 {
 		oi, ix.freeOwners = ix.freeOwners[n-1], ix.freeOwners[:n-1]
 	} else {
-		oi = uint32(len(ix.owners))
-		ix.owners = append(ix.owners, owner{})
+		oi = ix.owners.add()
 	}
 	sp := ix.nameBytes.put(full)
-	ix.owners[oi] = owner{keys: none, name: sp}
+	*ix.owners.at(oi) = owner{keys: none, name: sp}
 	ix.names[ix.nameBytes.view(sp)] = oi
 	ix.liveNameLen += len(full)
 	return oi, true
@@ -334,7 +339,7 @@ func (ix *Index) owner(full string, create bool) (uint32, bool) {
 // dropOwner forgets an owner with neither ApiKey nor record.
 func (ix *Index) dropOwner(full string, oi uint32) {
 	delete(ix.names, full)
-	ix.owners[oi] = owner{}
+	*ix.owners.at(oi) = owner{}
 	ix.freeOwners = append(ix.freeOwners, oi)
 	ix.liveNameLen -= len(full)
 	ix.deadNameLen += len(full)
@@ -346,7 +351,7 @@ func (ix *Index) dropOwner(full string, oi uint32) {
 		for n, i := range ix.names {
 			sp := ix.nameBytes.put(n)
 			names[ix.nameBytes.view(sp)] = i
-			ix.owners[i].name = sp
+			ix.owners.at(i).name = sp
 		}
 		ix.names = names
 	}
@@ -362,7 +367,7 @@ func (ix *Index) SetApiKey(nn types.NamespacedName, k *ApiKey) {
 	if !ok {
 		return
 	}
-	o := &ix.owners[oi]
+	o := ix.owners.at(oi)
 	if k == nil {
 		if !o.hasApiKey {
 			return
@@ -402,7 +407,7 @@ func (ix *Index) SetRecord(nn types.NamespacedName, r *Record) {
 	if !ok {
 		return
 	}
-	o := &ix.owners[oi]
+	o := ix.owners.at(oi)
 	old := ix.publishedIDs(o)
 	ix.freeKeys(o)
 	o.hasRecord, o.revoked, o.recordOwner, o.recordUID, o.recordCreated = r != nil, false, uid{}, uid{}, 0
@@ -418,9 +423,9 @@ func (ix *Index) SetRecord(nn types.NamespacedName, r *Record) {
 			// newKey may move ix.rkeys: link by index, not by pointer.
 			ki := ix.newKey(rkey{id: id, sum: sum, revokesAt: unixNano(k.RevokesAt), next: none})
 			if last == none {
-				ix.owners[oi].keys = ki
+				ix.owners.at(oi).keys = ki
 			} else {
-				ix.rkeys[last].next = ki
+				ix.rkeys.at(last).next = ki
 			}
 			last = ki
 		}
@@ -432,17 +437,18 @@ func (ix *Index) newKey(k rkey) uint32 {
 	if n := len(ix.freeRkeys); n > 0 {
 		i := ix.freeRkeys[n-1]
 		ix.freeRkeys = ix.freeRkeys[:n-1]
-		ix.rkeys[i] = k
+		*ix.rkeys.at(i) = k
 		return i
 	}
-	ix.rkeys = append(ix.rkeys, k)
-	return uint32(len(ix.rkeys) - 1)
+	i := ix.rkeys.add()
+	*ix.rkeys.at(i) = k
+	return i
 }
 
 func (ix *Index) freeKeys(o *owner) {
 	for ki := o.keys; ki != none; {
-		next := ix.rkeys[ki].next
-		ix.rkeys[ki] = rkey{}
+		next := ix.rkeys.at(ki).next
+		*ix.rkeys.at(ki) = rkey{}
 		ix.freeRkeys = append(ix.freeRkeys, ki)
 		ki = next
 	}
@@ -461,7 +467,7 @@ func (ix *Index) Retain(apiKeys bool, namespace string, keep map[types.Namespace
 			continue
 		}
 		oi := ix.names[full]
-		o := &ix.owners[oi]
+		o := ix.owners.at(oi)
 		if apiKeys && o.hasApiKey {
 			old := ix.publishedIDs(o)
 			o.hasApiKey, o.archived, o.expiresAt, o.own, o.granted, o.apiKeyUID = false, false, 0, 0, 0, uid{}
@@ -502,8 +508,8 @@ func (ix *Index) publishedIDs(o *owner) []idKey {
 		return nil
 	}
 	var ids []idKey
-	for ki := o.keys; ki != none; ki = ix.rkeys[ki].next {
-		ids = append(ids, ix.rkeys[ki].id)
+	for ki := o.keys; ki != none; ki = ix.rkeys.at(ki).next {
+		ids = append(ids, ix.rkeys.at(ki).id)
 	}
 	return ids
 }
@@ -514,22 +520,20 @@ func (ix *Index) publishedIDs(o *owner) []idKey {
 // republished in one step: a concurrent check sees the old entry or the
 // new one, never none.
 func (ix *Index) rebuild(full string, oi uint32, old []idKey) {
-	o := &ix.owners[oi]
+	o := ix.owners.at(oi)
 	var now []idKey
 	if o.published() {
-		for ki := o.keys; ki != none; ki = ix.rkeys[ki].next {
-			now = append(now, ix.rkeys[ki].id)
+		for ki := o.keys; ki != none; ki = ix.rkeys.at(ki).next {
+			now = append(now, ix.rkeys.at(ki).id)
 		}
 	}
 	for _, id := range old {
 		if !slices.Contains(now, id) {
 			ix.unclaim(id, oi)
-			ix.settle(id)
 		}
 	}
 	for _, id := range now {
 		ix.claim(id, oi)
-		ix.settle(id)
 	}
 	if !o.hasApiKey && !o.hasRecord {
 		ix.dropOwner(full, oi)

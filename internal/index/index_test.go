@@ -353,13 +353,13 @@ func TestCompactionKeepsWhatStays(t *testing.T) {
 		t.Fatalf("a count across a compaction: %d, want 2", n)
 	}
 	// Freed owners and recorded keys serve new keys.
-	owners, rkeys := len(ix.owners), len(ix.rkeys)
+	owners, rkeys := ix.owners.len(), ix.rkeys.len()
 	for i := 1; i < 5000; i += 100 {
 		add(i)
 		check(i)
 	}
-	if len(ix.owners) != owners || len(ix.rkeys) != rkeys {
-		t.Fatalf("freed space not reused: %d owners, %d keys more", len(ix.owners)-owners, len(ix.rkeys)-rkeys)
+	if ix.owners.len() != owners || ix.rkeys.len() != rkeys {
+		t.Fatalf("freed space not reused: %d owners, %d keys more", ix.owners.len()-owners, ix.rkeys.len()-rkeys)
 	}
 }
 

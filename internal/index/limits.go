@@ -324,8 +324,8 @@ func (ix *Index) SetPeers(n int) {
 	if ix.peers.Swap(int64(n)) == int64(n) {
 		return
 	}
-	for oi := range ix.owners {
-		if o := &ix.owners[oi]; o.lim != 0 {
+	for oi := range uint32(ix.owners.len()) {
+		if o := ix.owners.at(oi); o.lim != 0 {
 			ix.limiterAt(o.lim).setPeers(int64(n))
 		}
 	}
@@ -353,7 +353,7 @@ func (ix *Index) Replica() string {
 // and quota; the caller holds ix.mu. It reports whether the owner's
 // limiter number changed (its slots must be published again).
 func (ix *Index) applyLimits(oi uint32, lim Limits, q Quota) bool {
-	o := &ix.owners[oi]
+	o := ix.owners.at(oi)
 	peers := max(ix.peers.Load(), 1)
 	before := o.lim
 	switch {
@@ -380,8 +380,8 @@ func (ix *Index) applyLimits(oi uint32, lim Limits, q Quota) bool {
 // it). The caller holds ix.mu.
 func (ix *Index) uncollected(o *owner, q Quota) int64 {
 	var n int64
-	for ki := o.keys; ki != none; ki = ix.rkeys[ki].next {
-		id := &ix.rkeys[ki].id
+	for ki := o.keys; ki != none; ki = ix.rkeys.at(ki).next {
+		id := &ix.rkeys.at(ki).id
 		s := ix.shard(id)
 		s.mu.RLock()
 		var total int64

@@ -13,69 +13,78 @@ package index
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/hex"
 	"slices"
-	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// uid is an object's UID in 16 bytes: a UUID parsed, anything else (tests)
-// hashed; the zero uid is no UID.
-type uid [16]byte
+// uid is an object's UID in 8 bytes: the first 8 of its SHA-256; the zero
+// uid is no UID. Owners compare and order UIDs only, and the API server
+// draws them at random, so 64 bits tell them apart as well as 128 would
+// (a collision between two given UIDs: 2⁻⁶⁴), at half the space.
+type uid [8]byte
 
 func uidOf(s types.UID) (u uid) {
 	if s == "" {
 		return u
 	}
-	if h := strings.ReplaceAll(string(s), "-", ""); len(h) == 32 {
-		if _, err := hex.Decode(u[:], []byte(h)); err == nil && u != (uid{}) {
-			return u
-		}
-	}
 	sum := sha256.Sum256([]byte(s))
 	copy(u[:], sum[:])
+	if u == (uid{}) {
+		u[0] = 1 // never the zero uid
+	}
 	return u
 }
 
-// claim records that owner oi claims key ID id.
+// Claims need no map of their own: a key ID that one ApiKey claims is
+// published for it (slot.owner), and contested lists the claimants of the
+// few key IDs that more than one claims. Writers read the shards' maps
+// under ix.mu alone: only writers, which hold it, change them.
+
+// claim records that owner oi claims key ID id, and publishes the key for
+// its owner.
 func (ix *Index) claim(id idKey, oi uint32) {
-	first, ok := ix.claims[id]
-	switch {
-	case !ok:
-		ix.claims[id] = oi
-	case ix.contested[id] != nil:
-		if !slices.Contains(ix.contested[id], oi) {
-			ix.contested[id] = append(ix.contested[id], oi)
+	if list, ok := ix.contested[id]; ok {
+		if !slices.Contains(list, oi) {
+			ix.contested[id] = append(list, oi)
 		}
-	case first != oi:
-		ix.contested[id] = []uint32{first, oi}
+	} else if w, ok := ix.publishedFor(id); ok && w != oi {
+		ix.contested[id] = []uint32{w, oi}
 		ix.contestedN.Store(int64(len(ix.contested)))
 	}
+	ix.settle(id, oi)
 }
 
-// unclaim drops owner oi's claim on id.
+// unclaim drops owner oi's claim on id, and publishes the key for the next
+// claimant or removes it.
 func (ix *Index) unclaim(id idKey, oi uint32) {
-	if list, ok := ix.contested[id]; ok {
-		list = slices.DeleteFunc(list, func(o uint32) bool { return o == oi })
-		if len(list) == 1 {
-			delete(ix.contested, id)
-			ix.contestedN.Store(int64(len(ix.contested)))
-		} else {
-			ix.contested[id] = list
+	list, ok := ix.contested[id]
+	if !ok {
+		if w, ok := ix.publishedFor(id); ok && w == oi {
+			ix.unpublish(&id)
 		}
-		ix.claims[id] = list[0]
 		return
 	}
-	if first, ok := ix.claims[id]; ok && first == oi {
-		delete(ix.claims, id)
+	list = slices.DeleteFunc(list, func(o uint32) bool { return o == oi })
+	if len(list) == 1 {
+		delete(ix.contested, id)
+		ix.contestedN.Store(int64(len(ix.contested)))
+	} else {
+		ix.contested[id] = list
 	}
+	ix.settle(id, list[0])
+}
+
+// publishedFor is the owner a key ID is published for.
+func (ix *Index) publishedFor(id idKey) (uint32, bool) {
+	sl, ok := ix.shard(&id).m[id]
+	return sl.owner, ok
 }
 
 // before reports whether claimant a comes before claimant b.
 func (ix *Index) before(a, b uint32) bool {
-	oa, ob := &ix.owners[a], &ix.owners[b]
+	oa, ob := ix.owners.at(a), ix.owners.at(b)
 	return claimBefore(oa.recordCreated, oa.recordUID, ix.nameBytes.view(oa.name),
 		ob.recordCreated, ob.recordUID, ix.nameBytes.view(ob.name))
 }
@@ -102,12 +111,12 @@ func RecordBefore(a, b metav1.Object) bool {
 
 // ownerOf returns the owner of key ID id among its claimants.
 func (ix *Index) ownerOf(id idKey) (uint32, bool) {
-	first, ok := ix.claims[id]
+	list, ok := ix.contested[id]
 	if !ok {
-		return 0, false
+		return ix.publishedFor(id)
 	}
-	w := first
-	for _, c := range ix.contested[id] {
+	w := list[0]
+	for _, c := range list[1:] {
 		if ix.before(c, w) {
 			w = c
 		}
@@ -115,19 +124,21 @@ func (ix *Index) ownerOf(id idKey) (uint32, bool) {
 	return w, true
 }
 
-// settle publishes the slot of key ID id for its owner, or removes it when
-// no one claims it.
-func (ix *Index) settle(id idKey) {
-	oi, ok := ix.ownerOf(id)
-	if !ok {
-		ix.unpublish(&id)
-		return
+// settle publishes the slot of key ID id for its owner: of its claimants
+// when contested, else claimant, the one that claims it.
+func (ix *Index) settle(id idKey, claimant uint32) {
+	oi := claimant
+	if _, ok := ix.contested[id]; ok {
+		oi, _ = ix.ownerOf(id)
 	}
-	o := &ix.owners[oi]
-	for ki := o.keys; ki != none; ki = ix.rkeys[ki].next {
-		if k := &ix.rkeys[ki]; k.id == id {
-			ix.publish(k, ix.nameBytes.view(o.name), o.granted, o.lim, slot{sum: k.sum, archived: o.archived || o.revoked,
-				expiresAt: o.expiresAt, revokesAt: k.revokesAt})
+	o := ix.owners.at(oi)
+	for ki := o.keys; ki != none; ki = ix.rkeys.at(ki).next {
+		if k := ix.rkeys.at(ki); k.id == id {
+			until := earliest(o.expiresAt, k.revokesAt)
+			if o.archived || o.revoked {
+				until = -1
+			}
+			ix.publish(k, ix.nameBytes.view(o.name), o.granted, o.lim, slot{sum: k.sum, until: until, owner: oi})
 			return
 		}
 	}
@@ -151,10 +162,10 @@ func (ix *Index) Claimants(id string) []string {
 	if !ok {
 		return nil
 	}
-	out := []string{ix.nameBytes.view(ix.owners[w].name)}
+	out := []string{ix.nameBytes.view(ix.owners.at(w).name)}
 	for _, c := range ix.contested[k] {
 		if c != w {
-			out = append(out, ix.nameBytes.view(ix.owners[c].name))
+			out = append(out, ix.nameBytes.view(ix.owners.at(c).name))
 		}
 	}
 	return out
