@@ -51,9 +51,9 @@ var (
 	duration    = flag.Duration("duration", 4*time.Second, "length of each load run")
 	rounds      = flag.Int("rounds", 7, "rounds of one load run on each server under test")
 	conns       = flag.Int("connections", 32, "concurrent connections of each load run")
-	bin         = flag.String("bin", "bin", "folder with keyward and bench-noop")
+	bin         = flag.String("bin", "bin", "folder with keyward, bench-noop and bench-inproc")
 	authnArgs   = flag.String("authn-args", "", "more flags for the endpoint under test, space-separated (e.g. --max-header-bytes=8192)")
-	phases      = flag.String("phases", "issuance,endpoint,usage", "what to run: issuance (the controller), endpoint (revocation, memory, throughput, hostile load), usage (collection from 10 replicas)")
+	phases      = flag.String("phases", "issuance,endpoint,usage,scale", "what to run: issuance (the controller), endpoint (revocation, memory, throughput, hostile load), usage (collection from 10 replicas), scale (checks at 10 and 1,000,000 keys in process)")
 	usageKeys   = flag.Int("usage-keys", 10000, "ApiKeys of the usage phase")
 	profile     = flag.String("profile", "", "write CPU profiles of the endpoint and of the baselines during their first wrk runs here (and here.noop, here.fastnoop); a longer --duration gives finer profiles")
 )
@@ -90,6 +90,8 @@ func run() error {
 			err = endpointRun()
 		case "usage":
 			err = usageRun()
+		case "scale":
+			err = scaleRun()
 		default:
 			err = fmt.Errorf("--phases: unknown %q", p)
 		}

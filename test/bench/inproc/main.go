@@ -33,7 +33,7 @@ func main() {
 	n := flag.Int("keys", 100000, "keys in the index")
 	addr := flag.String("http-address", "127.0.0.1:8380", "forward auth")
 	debugAddr := flag.String("debug-address", "127.0.0.1:8390", "/metrics and /debug/pprof/")
-	tokens := flag.String("tokens", "", "write 10,000 of the tokens here")
+	tokens := flag.String("tokens", "", "write 10,000 of the tokens, spread over the index, here")
 	handler := flag.String("handler", "keyward", "keyward; or, to calibrate against keyward's answer: "+
 		"headers (net/http, a handler that only sets three identity headers of the same size), "+
 		"fasthttp-headers (the same on keyward's server), fasthttp-empty (an empty handler on keyward's server)")
@@ -41,6 +41,7 @@ func main() {
 
 	ix := index.New()
 	var sample []string
+	every := max(*n/10000, 1)
 	for i := range *n {
 		k, err := keys.Generate()
 		if err != nil {
@@ -49,8 +50,8 @@ func main() {
 		nn := types.NamespacedName{Namespace: "bench", Name: fmt.Sprintf("k%06d", i)}
 		ix.SetApiKey(nn, &index.ApiKey{UID: testUID(nn), Scopes: []string{"bench:read", "bench:write"}})
 		ix.SetRecord(nn, &index.Record{Owner: testUID(nn), Keys: []index.Key{{ID: k.ID, Digest: k.Digest()}}})
-		if i < 10000 {
-			sample = append(sample, k.Token())
+		if i%every == 0 {
+			sample = append(sample, k.Token()) // spread over the index, as production lookups are
 		}
 	}
 	ix.MarkSynced()
