@@ -18,7 +18,7 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 KEYWARD        := $(BIN)/keyward
 export KUBEBUILDER_ASSETS := $(CONTROLPLANE)
 
-.PHONY: plugin fuzz-long release promtool chart-files image nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
+.PHONY: gateways plugin fuzz-long release promtool chart-files image nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
 all: build
 
 help: ## List the targets.
@@ -37,6 +37,13 @@ nginx: ## Install Debian's nginx, the gateway of the end-to-end tests, if it is 
 		echo ">> installing nginx from Debian's packages"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx >/dev/null; }
+
+gateways: ## Install Debian's nginx and Caddy (the end-to-end tests' gateways) in one go, if missing.
+	@missing=""; command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="nginx"; \
+	command -v caddy >/dev/null || missing="$$missing caddy"; \
+	if [ -n "$$missing" ]; then echo ">> installing$$missing from Debian's packages"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; fi
 
 caddy: ## Install Debian's Caddy, the second gateway of the end-to-end tests, if it is missing.
 	@command -v caddy >/dev/null || { \
@@ -59,7 +66,7 @@ $(PROMTOOL): hack/promtool/go.mod hack/promtool/go.sum
 		mv "$$cache/promtool.tmp" "$$cache/promtool" || exit 1; fi; \
 	mkdir -p $(BIN) && cp "$$cache/promtool" $@
 
-tools: $(CONTROLLER_GEN) controlplane nginx caddy promtool
+tools: $(CONTROLLER_GEN) controlplane gateways promtool
 
 ## --- generated code ------------------------------------------------------
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from markers.
@@ -131,12 +138,15 @@ run: build controlplane ## Run the whole system locally on the embedded control 
 	$(KEYWARD) dev --assets $(CONTROLPLANE) --dir $(BIN)/dev --config $(CURDIR)/config
 
 ## --- tests ---------------------------------------------------------------
-test: verify-generated nginx caddy ## Run every test: generated-file check, unit, fuzz corpus, envtest.
-	@# The control plane and promtool build side by side (on a fresh machine,
-	@# minutes each; their links and serial steps leave a core free).
-	@$(MAKE) -s -j2 controlplane promtool
+test: verify-generated ## Run every test: generated-file check, unit, fuzz corpus, envtest.
+	@# On a fresh machine: the control plane and promtool build side by side
+	@# (minutes each; their links and serial steps leave a core free), and
+	@# the gateways install from Debian meanwhile.
+	@$(MAKE) -s -j3 controlplane promtool gateways
 	go vet ./...
-	go test -count=1 -timeout 12m ./...
+	@# go vet has just run every analyzer, go test's own subset among them.
+	@# The two longest packages first: they start while the others run.
+	go test -count=1 -timeout 12m -vet=off ./test/e2e ./internal/image ./...
 
 FUZZTIME ?= 30s
 fuzz: ## Run every fuzz target of the module for FUZZTIME each (30s; found by name, so a new target is never left out).

@@ -54,6 +54,9 @@ const (
 	DevHealthAddr  = "127.0.0.1:8081"
 	// DevAuthnMetricsAddr serves the endpoint's /metrics and /usage.
 	DevAuthnMetricsAddr = "127.0.0.1:8082"
+	// DevPprofAddr serves /debug/pprof/ of the whole process (controller
+	// and endpoint), on this machine only.
+	DevPprofAddr = "127.0.0.1:8083"
 )
 
 // RunDev starts a local control plane, keyward on it and the samples, and
@@ -67,7 +70,7 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 		return err
 	}
 	defer unlock()
-	for _, addr := range []string{DevAuthAddr, DevGRPCAddr, DevMetricsAddr, DevHealthAddr, DevAuthnMetricsAddr} {
+	for _, addr := range []string{DevAuthAddr, DevGRPCAddr, DevMetricsAddr, DevHealthAddr, DevAuthnMetricsAddr, DevPprofAddr} {
 		if err := free(addr); err != nil {
 			return err
 		}
@@ -170,7 +173,7 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 	}()
 	go func() {
 		done <- RunAuthn(ctx, authnCfg, AuthnOptions{
-			HTTPAddr: DevAuthAddr, GRPCAddr: DevGRPCAddr, MetricsAddr: DevAuthnMetricsAddr,
+			HTTPAddr: DevAuthAddr, GRPCAddr: DevGRPCAddr, MetricsAddr: DevAuthnMetricsAddr, PprofAddr: DevPprofAddr,
 			AllowQueryKeys: true, StripCredentials: true,
 			Logger: log.WithName("authn"), Index: ix, Replica: replica, PerKeyMetrics: true,
 			PeersService: o.PeersService,

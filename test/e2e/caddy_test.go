@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/internal/app"
 	"keyward.dev/keyward/internal/keys"
 	"keyward.dev/keyward/internal/testenv"
 )
@@ -165,7 +166,8 @@ func (s *system) replicaKnows(t *testing.T, addr string, tokens ...string) {
 				last = err.Error()
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("after 10s the endpoint at %s does not know the key; its last answer: %s\n%s", addr, last, s.whereIs(tok))
+				t.Fatalf("after 10s the endpoint at %s does not know the key; its last answer: %s\n%s\n%s",
+					addr, last, s.whereIs(tok), goroutines())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -211,4 +213,23 @@ func (s *system) whereIs(tok string) string {
 		fmt.Fprintf(&b, " in no record of the %d in the cluster", len(recs.Items))
 	}
 	return b.String()
+}
+
+// goroutines are keyward dev's goroutines that touch the index, the
+// reflectors feeding it or a lock, from its pprof address: whether the
+// index's writers were stuck, and on what.
+func goroutines() string {
+	resp, err := http.Get("http://" + app.DevPprofAddr + "/debug/pprof/goroutine?debug=2")
+	if err != nil {
+		return "goroutines: " + err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var keep []string
+	for _, g := range strings.Split(string(b), "\n\n") {
+		if strings.Contains(g, "keyward/internal/index") || strings.Contains(g, "(*Reflector)") || strings.Contains(g, "sync.(*") {
+			keep = append(keep, g)
+		}
+	}
+	return fmt.Sprintf("goroutines on the index, the reflectors or a lock (%d):\n%s", len(keep), strings.Join(keep, "\n\n"))
 }

@@ -42,7 +42,7 @@ func TestRotationThroughTheEndpoint(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if code != 200 {
-		t.Fatalf("the key does not work before the rotation: %d %s", code, reason)
+		t.Fatalf("the key does not work before the rotation: %d %s\n%s\n%s", code, reason, s.whereIs(old), goroutines())
 	}
 	if took := time.Since(start); took > time.Second {
 		// Seen under make test's load: invalid_key for over 5 s after the
