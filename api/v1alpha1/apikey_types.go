@@ -227,7 +227,9 @@ type Usage struct {
 	// +kubebuilder:validation:MaxItems=25
 	Hours []UsageHour `json:"hours,omitempty"`
 	// Cursors say how much of each auth endpoint replica's counts is
-	// already in Hours, so that no call is counted twice.
+	// already in Hours, so that no call is counted twice: one per replica
+	// run and key ID, dropped once that run can never report again (its
+	// pod restarted or left the endpoints' Service).
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=1000
