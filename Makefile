@@ -18,7 +18,7 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 KEYWARD        := $(BIN)/keyward
 export KUBEBUILDER_ASSETS := $(CONTROLPLANE)
 
-.PHONY: gateways plugin fuzz-long release promtool chart-files image nginx caddy wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
+.PHONY: gateways plugin fuzz-long release promtool chart-files image wrk all build run test test-unit test-integration fuzz verify-generated manifests generate controlplane tools bench clean help
 all: build
 
 help: ## List the targets.
@@ -32,24 +32,14 @@ $(CONTROLLER_GEN): hack/tools/go.mod hack/tools/go.sum
 controlplane: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl (cached by pin).
 	@hack/controlplane.sh $(CONTROLPLANE)
 
-nginx: ## Install Debian's nginx, the gateway of the end-to-end tests, if it is missing.
-	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { \
-		echo ">> installing nginx from Debian's packages"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx >/dev/null; }
+# APT_INSTALL installs Debian packages (sudo unless root).
+APT_INSTALL = SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq
 
 gateways: ## Install Debian's nginx and Caddy (the end-to-end tests' gateways) in one go, if missing.
 	@missing=""; command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="nginx"; \
 	command -v caddy >/dev/null || missing="$$missing caddy"; \
-	if [ -n "$$missing" ]; then echo ">> installing$$missing from Debian's packages"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; fi
-
-caddy: ## Install Debian's Caddy, the second gateway of the end-to-end tests, if it is missing.
-	@command -v caddy >/dev/null || { \
-		echo ">> installing caddy from Debian's packages"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq caddy >/dev/null; }
+	if [ -n "$$missing" ]; then echo ">> installing$$missing from Debian's packages"; $(APT_INSTALL) $$missing >/dev/null; fi
 
 # promtool checks the alerts and the dashboard's queries (test/monitoring).
 # Built without Prometheus's service discovery (not needed to check rules,
@@ -160,10 +150,7 @@ fuzz-long: ## Every fuzz target for 10 minutes: for a nightly job, not CI's path
 	@$(MAKE) -s fuzz FUZZTIME=10m
 
 wrk:
-	@command -v wrk >/dev/null || { \
-		echo ">> installing wrk from Debian's packages"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	@command -v wrk >/dev/null || { echo ">> installing wrk from Debian's packages"; $(APT_INSTALL) wrk >/dev/null; }
 
 bench: build controlplane wrk ## Run the benchmark suite (docs/benchmarks.md says what it measures).
 	go build -o $(BIN)/bench-noop ./test/bench/noop

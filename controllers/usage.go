@@ -388,30 +388,21 @@ func ServiceEndpoints(c client.Reader, namespace, service, port string) func(con
 		}
 		r := Replicas{Hosts: map[string]bool{}}
 		for _, s := range slices.Items {
-			for _, e := range s.Endpoints {
-				if e.TargetRef != nil && e.TargetRef.Kind == "Pod" {
-					r.Hosts[usage.HostName(e.TargetRef.Name)] = true
-				} else {
-					r.Hosts = nil // an address of no pod: which hosts are gone cannot be told
-					break
-				}
-			}
-			if r.Hosts == nil {
-				break
-			}
-		}
-		for _, s := range slices.Items {
 			var p int32
 			for _, sp := range s.Ports {
 				if sp.Name != nil && *sp.Name == port && sp.Port != nil {
 					p = *sp.Port
 				}
 			}
-			if p == 0 {
-				continue
-			}
 			for _, e := range s.Endpoints {
-				if e.Conditions.Ready != nil && !*e.Conditions.Ready {
+				switch {
+				case r.Hosts == nil:
+				case e.TargetRef != nil && e.TargetRef.Kind == "Pod":
+					r.Hosts[e.TargetRef.Name] = true
+				default:
+					r.Hosts = nil // an address of no pod: which hosts are gone cannot be told
+				}
+				if p == 0 || e.Conditions.Ready != nil && !*e.Conditions.Ready {
 					continue
 				}
 				for _, a := range e.Addresses {

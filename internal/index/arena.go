@@ -50,7 +50,6 @@ type record struct {
 type span struct{ chunk, off, n uint32 }
 
 const (
-	recChunk  = 256      // records per chunk
 	byteChunk = 16 << 10 // bytes per chunk of names
 )
 
@@ -63,8 +62,7 @@ type shard struct {
 	// Records no slot names any more are dead until a compaction drops
 	// them. Every chunk is free of pointers: the collector marks it and
 	// moves on, however many keys it holds.
-	recs []*[recChunk]record
-	nrec uint32
+	recs array[record]
 	dead int
 	// bytes hold the records' names.
 	bytes chunks
@@ -75,16 +73,12 @@ type shard struct {
 	serial uint32
 }
 
-func (s *shard) record(n uint32) *record { return &s.recs[n/recChunk][n%recChunk] }
+func (s *shard) record(n uint32) *record { return s.recs.at(n) }
 
 // alloc appends an empty record and returns its number.
 func (s *shard) alloc() (uint32, *record) {
-	if s.nrec == uint32(len(s.recs))*recChunk {
-		s.recs = append(s.recs, new([recChunk]record))
-	}
-	n := s.nrec
-	s.nrec++
-	return n, s.record(n)
+	n := s.recs.add()
+	return n, s.recs.at(n)
 }
 
 // newRecord appends the record of a newly published key.
@@ -144,13 +138,13 @@ func (s *shard) identity(n uint32, shardNo uint8) Identity {
 // an identity keep the old name and record chunks alive until they are
 // done.
 func (s *shard) compact() {
-	if s.dead < recChunk || s.dead < len(s.m) {
+	if s.dead < arrayChunk || s.dead < len(s.m) {
 		return
 	}
 	old, oldBytes := s.recs, s.bytes
-	s.recs, s.nrec, s.bytes, s.dead = nil, 0, chunks{}, 0
+	s.recs, s.bytes, s.dead = array[record]{}, chunks{}, 0
 	for k, sl := range s.m {
-		from := &old[sl.rec/recChunk][sl.rec%recChunk]
+		from := old.at(sl.rec)
 		n, to := s.alloc()
 		to.id, to.name, to.set, to.serial, to.lim = from.id, s.bytes.put(oldBytes.view(from.name)), from.set, from.serial, from.lim
 		to.usage.copyFrom(&from.usage) // no check counts meanwhile: this shard is write-locked
@@ -211,7 +205,7 @@ type array[T any] struct {
 	n      uint32
 }
 
-const arrayChunk = 1024
+const arrayChunk = 256
 
 func (a *array[T]) at(i uint32) *T { return &a.chunks[i/arrayChunk][i%arrayChunk] }
 

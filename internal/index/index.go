@@ -288,7 +288,7 @@ func (ix *Index) Count(id Identity, o Outcome, now time.Time) {
 	s := &ix.shards[id.shard]
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if id.rec < s.nrec {
+	if int(id.rec) < s.recs.len() {
 		if r := s.record(id.rec); r.serial == id.serial {
 			r.usage.count(o, now) // where the lookup found it: the usual case
 			return

@@ -326,7 +326,7 @@ func TestCompactionKeepsWhatStays(t *testing.T) {
 		t.Fatalf("%d keys, %d names; want %d", ix.Len(), len(ix.names), n/100)
 	}
 	for i := range ix.shards {
-		if s := &ix.shards[i]; s.dead >= recChunk && s.dead >= len(s.m) {
+		if s := &ix.shards[i]; s.dead >= arrayChunk && s.dead >= len(s.m) {
 			t.Fatalf("shard %d not compacted: %d dead, %d live records", i, s.dead, len(s.m))
 		}
 	}

@@ -2,6 +2,9 @@ package usage
 
 import (
 	"fmt"
+	"os"
+	"regexp"
+	"strings"
 	"slices"
 	"strconv"
 	"testing"
@@ -258,9 +261,26 @@ func TestHostOf(t *testing.T) {
 		"static":                            "",
 		"host-0A1B2C3D":                     "",
 		"host-0a1b2c3":                      "",
+		// A host of 48 bytes may have been cut from a longer pod name,
+		// which it shares with its sibling pods: never judged by host.
+		strings.Repeat("p", 47) + "-0a1b2c3d": strings.Repeat("p", 47),
+		strings.Repeat("p", 48) + "-0a1b2c3d": "",
 	} {
 		if got := HostOf(run); got != host {
 			t.Errorf("HostOf(%q) = %q, want %q", run, got, host)
 		}
+	}
+}
+
+// MaxCursors is the CRD's maxItems for status.usage.cursors: a status with
+// more is refused, which is what the cap avoids.
+func TestMaxCursorsIsTheCRDs(t *testing.T) {
+	b, err := os.ReadFile("../../config/crd/bases/keyward.dev_apikeys.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?s)\n(\s+)cursors:\n.*?\n\s+maxItems: (\d+)\n`).FindSubmatch(b)
+	if m == nil || string(m[2]) != strconv.Itoa(MaxCursors) {
+		t.Fatalf("the CRD's maxItems for cursors: %q, want %d", m, MaxCursors)
 	}
 }

@@ -55,8 +55,8 @@ func Answered(runs, present map[string]bool) *Live {
 	return l
 }
 
-// Answered reports whether the run answered this round.
-func (l *Live) Answered(run string) bool { return l != nil && l.runs[run] }
+// answered reports whether the run answered this round.
+func (l *Live) answered(run string) bool { return l != nil && l.runs[run] }
 
 // Gone reports whether cursor c's run can never report again (see above),
 // or, for a run whose host cannot be told, whether the cursor last moved
@@ -72,10 +72,13 @@ func (l *Live) Gone(c kw.UsageCursor, now time.Time) bool {
 }
 
 // HostOf is the host part of a replica run's name as ReplicaName makes it
-// (host, '-', 8 hex digits), or "" for a name of another form.
+// (host, '-', 8 hex digits), or "" for a name of another form, and for a
+// host of maxHost bytes: that one may have been cut (HostName), and two
+// pods whose names share their first maxHost bytes must not be taken for
+// one.
 func HostOf(run string) string {
 	i := len(run) - 9
-	if i < 1 || run[i] != '-' {
+	if i < 1 || i >= maxHost || run[i] != '-' {
 		return ""
 	}
 	for _, r := range run[i+1:] {
@@ -86,11 +89,15 @@ func HostOf(run string) string {
 	return run[:i]
 }
 
+// maxHost is the longest host part of a run's name: with the suffix, a
+// run's name fits the cursor's 64 bytes.
+const maxHost = 48
+
 // HostName is the host part a replica running on a host (a pod) of that
-// name gives its runs: names are cut at 48 bytes.
+// name gives its runs: names are cut at maxHost bytes.
 func HostName(host string) string {
-	if len(host) > 48 {
-		return host[:48]
+	if len(host) > maxHost {
+		return host[:maxHost]
 	}
 	return host
 }
@@ -102,7 +109,7 @@ func capCursors(cs []kw.UsageCursor, live *Live) []kw.UsageCursor {
 		return cs
 	}
 	slices.SortStableFunc(cs, func(a, b kw.UsageCursor) int {
-		if la, lb := live.Answered(a.Replica), live.Answered(b.Replica); la != lb {
+		if la, lb := live.answered(a.Replica), live.answered(b.Replica); la != lb {
 			if la {
 				return -1
 			}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -28,6 +29,7 @@ func scaleRun() error {
 		keys           int
 		url, pprof     string
 		tokens         string
+		cmd            *exec.Cmd
 		pid            int
 		ready          time.Duration
 		runs           []wrkResult
@@ -36,9 +38,7 @@ func scaleRun() error {
 	var servers []*server
 	defer func() {
 		for _, s := range servers {
-			if p, err := os.FindProcess(s.pid); err == nil {
-				_ = p.Kill()
-			}
+			stop(s.cmd)
 		}
 	}()
 	for i, n := range scaleKeys {
@@ -51,9 +51,8 @@ func scaleRun() error {
 		if err != nil {
 			return err
 		}
-		s.pid = cmd.Process.Pid
+		s.cmd, s.pid = cmd, cmd.Process.Pid
 		servers = append(servers, s)
-		go func() { _ = cmd.Wait() }()
 		// Ready: it answers a check (it writes the tokens once its index
 		// is full, and serves right after).
 		deadline := time.Now().Add(5 * time.Minute)

@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -11,11 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	kw "keyward.dev/keyward/api/v1alpha1"
-	"keyward.dev/keyward/internal/app"
-	"keyward.dev/keyward/internal/keys"
 	"keyward.dev/keyward/internal/testenv"
 )
 
@@ -130,106 +123,4 @@ spec:
 		last.Header.Get("RateLimit") != `"rate";r=0;t=2` {
 		t.Errorf("through Caddy: %v, then %v %s", codes, last.Header, body)
 	}
-}
-
-// endpointKnows waits until keyward dev's endpoint knows each token: a key
-// is Active once its record is written, and the endpoint learns of the
-// record by its watch a moment later (longer on a loaded machine). The
-// probe asks for a scope no sample key holds, so it is refused with 403
-// before the key's limits are consulted: it takes nothing from a bucket.
-func (s *system) endpointKnows(t *testing.T, tokens ...string) {
-	t.Helper()
-	s.replicaKnows(t, "127.0.0.1:8180", tokens...)
-}
-
-// replicaKnows is endpointKnows for the endpoint at addr. Each token's
-// probe counts once, as a denial (insufficient_scope), in its key's usage.
-// When the endpoint does not learn a key in time, the test fails with what
-// the cluster holds of that key ID, so the failure says which side is wrong.
-func (s *system) replicaKnows(t *testing.T, addr string, tokens ...string) {
-	t.Helper()
-	for _, tok := range tokens {
-		deadline := time.Now().Add(10 * time.Second)
-		var last string
-		for {
-			req, _ := http.NewRequest("GET", "http://"+addr+"/authn?scope=nothing:granted", nil)
-			req.Header.Set("X-Api-Key", tok)
-			resp, err := http.DefaultClient.Do(req)
-			if err == nil {
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusForbidden {
-					break
-				}
-				last = fmt.Sprintf("%d %s", resp.StatusCode, b)
-			} else {
-				last = err.Error()
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("after 10s the endpoint at %s does not know the key; its last answer: %s\n%s\n%s",
-					addr, last, s.whereIs(tok), goroutines())
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-}
-
-// whereIs says what the cluster holds of a token's key ID: the records
-// listing it, whether the token's digest is the recorded one, and their
-// ApiKeys. It never says the secret.
-func (s *system) whereIs(tok string) string {
-	id, secret, err := keys.Parse(tok)
-	if err != nil {
-		return "the token does not parse: " + err.Error()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	var recs kw.ApiKeyRecordList
-	if err := s.c.List(ctx, &recs); err != nil {
-		return "listing records: " + err.Error()
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "key ID %s:", id)
-	found := false
-	for _, r := range recs.Items {
-		for _, k := range r.Spec.Keys {
-			if k.KeyID != id {
-				continue
-			}
-			found = true
-			fmt.Fprintf(&b, "\n  record %s/%s uid %s created %s rv %s revoked %v owner %v; digest matches the token: %v",
-				r.Namespace, r.Name, r.UID, r.CreationTimestamp.UTC().Format(time.RFC3339), r.ResourceVersion,
-				r.Spec.Revoked, r.OwnerReferences, k.Digest == keys.Digest(secret))
-			var key kw.ApiKey
-			if err := s.c.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: r.Name}, &key); err != nil {
-				fmt.Fprintf(&b, "\n    its ApiKey: %v", err)
-			} else {
-				fmt.Fprintf(&b, "\n    its ApiKey: uid %s rv %s archived %v state %s keyId %s",
-					key.UID, key.ResourceVersion, key.Spec.Archived, key.Status.State, key.Status.KeyID)
-			}
-		}
-	}
-	if !found {
-		fmt.Fprintf(&b, " in no record of the %d in the cluster", len(recs.Items))
-	}
-	return b.String()
-}
-
-// goroutines are keyward dev's goroutines that touch the index, the
-// reflectors feeding it or a lock, from its pprof address: whether the
-// index's writers were stuck, and on what.
-func goroutines() string {
-	resp, err := http.Get("http://" + app.DevPprofAddr + "/debug/pprof/goroutine?debug=2")
-	if err != nil {
-		return "goroutines: " + err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var keep []string
-	for _, g := range strings.Split(string(b), "\n\n") {
-		if strings.Contains(g, "keyward/internal/index") || strings.Contains(g, "(*Reflector)") || strings.Contains(g, "sync.(*") {
-			keep = append(keep, g)
-		}
-	}
-	return fmt.Sprintf("goroutines on the index, the reflectors or a lock (%d):\n%s", len(keep), strings.Join(keep, "\n\n"))
 }
