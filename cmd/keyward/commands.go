@@ -95,6 +95,7 @@ status.`,
 	fs.DurationVar(&o.UsageMinWrite, "usage-min-write-interval", controllers.DefaultUsageMinWrite, "least time between two usage writes of one ApiKey")
 	fs.Float64Var(&o.UsageWritesPerSecond, "usage-writes-per-second", controllers.DefaultUsageWritesPerSecond, "status writes of usage figures a second, in all; beyond it the stalest figures go first (docs/usage.md)")
 	fs.IntVar(&o.Concurrency, "max-concurrent-reconciles", controllers.DefaultConcurrency, "ApiKeys reconciled at once (one ApiKey is never reconciled twice at once)")
+	fs.StringVar(&o.PprofAddr, "pprof-bind-address", "", "address of /debug/pprof/ (no authentication: localhost only); empty turns it off")
 	fs.Float32Var(&o.QPS, "kube-api-qps", app.DefaultQPS, "requests a second to the API server, on average; negative: no client-side limit (the API server's priority and fairness still apply)")
 	fs.IntVar(&o.Burst, "kube-api-burst", app.DefaultBurst, "requests to the API server in a burst above --kube-api-qps")
 	defaultPolicy := fs.Bool("default-policy", true, "create ApiKeyPolicy default (write scopes * and *:write only in namespaces labelled keyward.dev/write-access=true) when no ApiKeyPolicy of that name exists; an existing one is never changed")

@@ -67,6 +67,9 @@ type ControllerOptions struct {
 	// leaving it to the API server's priority and fairness).
 	QPS   float32
 	Burst int
+	// PprofAddr serves /debug/pprof/ (profiling the controller's memory
+	// and CPU), without authentication: localhost only; "" turns it off.
+	PprofAddr string
 	// DefaultPolicy, when set, is created unless an ApiKeyPolicy of its
 	// name exists (config/policy/default.yaml from the binary).
 	DefaultPolicy *kw.ApiKeyPolicy
@@ -91,6 +94,7 @@ func RunController(ctx context.Context, cfg *rest.Config, o ControllerOptions) e
 		NewClient:               controllers.NewClient,
 		Metrics:                 secureMetrics(o.MetricsAddr, o.MetricsCertDir, nil),
 		HealthProbeBindAddress:  o.HealthAddr,
+		PprofBindAddress:        o.PprofAddr,
 		LeaderElection:          o.LeaderElect,
 		LeaderElectionID:        "keyward-controller.keyward.dev",
 		LeaderElectionNamespace: o.LeaderElectionNamespace,

@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"os"
 	"regexp"
-	"strings"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 

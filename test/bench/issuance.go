@@ -16,10 +16,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -36,79 +37,33 @@ var (
 )
 
 // issuanceRun measures how fast the controller issues keys that a GitOps
-// sync of a large tenant creates all at once, beside how fast the same API
+// sync of a large tenant creates all at once, beside how fast an API
 // server takes the writes one key costs when nothing but a client makes
-// them (the limit). Both on a fresh API server of their own, with keyward's
+// them (the limit). Each on a fresh API server of its own, with keyward's
 // admission policies installed, the controller as its own process.
 func issuanceRun() error {
 	n := *issueKeys
 	if n == 0 {
 		return nil
 	}
-	say("issuance: a fresh API server")
-	env, cfg, err := testenv.Start()
+	limit, err := issuanceLimit(n)
+	if err != nil {
+		return err
+	}
+	// keyward on an API server of its own, as fresh as the limit's: the
+	// limit's keys would otherwise sit in the controller's cache and queue
+	// (and in etcd), and the controller would reconcile them beside the
+	// ones it is timed on.
+	say("issuance: a fresh API server for the controller")
+	env, user, c, err := issuanceServer()
 	if err != nil {
 		return err
 	}
 	defer env.Stop()
-	pinChildren(loadCPU + "," + serverCPU)
-	ctx := context.Background()
-	if _, err := manifests.ApplyDir(ctx, cfg, filepath.Join(testenv.Root(), "config", "admission")); err != nil {
-		return err
-	}
-	// Everything writes as the controller's ServiceAccount would (the
-	// admission policies let only it write records), with every right.
-	user, err := env.AddUser(envtest.User{Name: "system:serviceaccount:keyward-system:keyward-controller",
-		Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		return err
-	}
-	cfg = user.Config()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := user.Config()
 	cfg.QPS, cfg.Burst = -1, 1000
-	c, err := client.NewWithWatch(cfg, client.Options{Scheme: controllers.NewScheme()})
-	if err != nil {
-		return err
-	}
-	for _, ns := range []string{"limit", "issue"} {
-		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-			return err
-		}
-	}
-
-	// The limit: each write issuing a key takes (the ApiKey, its Secret, its
-	// record, its status), made by 32 clients as fast as the API server
-	// takes them.
-	say("issuance: the API server's own rate for the writes of %d keys", n)
-	began := time.Now()
-	if err := parallel(n, func(i int) error {
-		k, _ := keys.Generate()
-		name := fmt.Sprintf("k%06d", i)
-		ak := &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "limit", Name: name},
-			Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"bench:read"}}}
-		if err := c.Create(ctx, ak); err != nil {
-			return err
-		}
-		owner := ownedBy(ak)
-		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "limit", Name: name + "-apikey", OwnerReferences: owner},
-			Data: map[string][]byte{kw.SecretKeyToken: []byte(k.Token())}}
-		if err := c.Create(ctx, sec); err != nil {
-			return err
-		}
-		rec := &kw.ApiKeyRecord{ObjectMeta: metav1.ObjectMeta{Namespace: "limit", Name: name, OwnerReferences: owner},
-			Spec: kw.ApiKeyRecordSpec{Keys: []kw.RecordedKey{{KeyID: k.ID, Digest: k.Digest(), IssuedAt: metav1.Now()}}}}
-		if err := c.Create(ctx, rec); err != nil {
-			return err
-		}
-		before := ak.DeepCopy()
-		ak.Status.State, ak.Status.KeyID = kw.StateActive, k.ID
-		return c.Status().Patch(ctx, ak, client.MergeFrom(before))
-	}); err != nil {
-		return err
-	}
-	limit := float64(n) / time.Since(began).Seconds()
-	report("API server alone: the writes of one key", fmt.Sprintf("%.0f keys/s", limit),
-		fmt.Sprintf("ApiKey, Secret, record, status for %d keys by 32 clients: %.0f writes/s (the limit)", n, 4*limit))
-
 	// keyward: the controller as its own process, the same ApiKeys created
 	// at once by the same 32 clients; the clock runs until every one is
 	// Active.
@@ -120,7 +75,8 @@ func issuanceRun() error {
 		return err
 	}
 	ctl, err := start(filepath.Join(*bin, "keyward"), append([]string{"controller", "--kubeconfig", kubeconfig, "--leader-elect=false",
-		"--endpoint-url=https://api.example.com", "--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:8391"},
+		"--endpoint-url=https://api.example.com", "--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:8391",
+		"--pprof-bind-address=" + issuancePprof},
 		strings.Fields(*controllerArgs)...)...)
 	if err != nil {
 		return err
@@ -134,37 +90,17 @@ func issuanceRun() error {
 	// use both CPUs, as the API server does.
 	_ = exec.Command("taskset", "-apc", loadCPU+","+serverCPU, fmt.Sprint(ctl.Process.Pid)).Run()
 
-	w, err := c.Watch(ctx, &kw.ApiKeyList{}, client.InNamespace("issue"))
+	active, err := untilActive(ctx, cfg, "issue", n)
 	if err != nil {
 		return err
 	}
-	defer w.Stop()
-	active := make(chan struct{})
-	go func() {
-		seen := map[string]bool{}
-		for ev := range w.ResultChan() {
-			if ev.Type == watch.Error {
-				continue
-			}
-			if k, ok := ev.Object.(*kw.ApiKey); ok && k.Status.State == kw.StateActive && !seen[k.Name] {
-				seen[k.Name] = true
-				if len(seen)%(max(n/5, 1)) == 0 {
-					say("   %d keys Active", len(seen))
-				}
-				if len(seen) == n {
-					close(active)
-					return
-				}
-			}
-		}
-	}()
 	say("issuance: %d ApiKeys created at once, issued by the controller", n)
 	before, err := apiserverRequests(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	cpu0 := cpuTime(ctl.Process.Pid)
-	began = time.Now()
+	began := time.Now()
 	var created atomic.Int64
 	var createdIn time.Duration
 	var once sync.Once
@@ -205,10 +141,147 @@ func issuanceRun() error {
 	}
 	sort.Strings(per)
 	report("API requests per key issued", fmt.Sprintf("%.2f", total/float64(n)), strings.Join(per, ", "))
+	if *profile != "" {
+		// What fills the controller's memory, once every key is issued.
+		if err := fetch("http://"+issuancePprof+"/debug/pprof/heap?gc=1", *profile+".controller-heap"); err != nil {
+			return err
+		}
+	}
 	report("controller during issuance", fmt.Sprintf("%.0f MiB peak", hwmMiB(ctl.Process.Pid)),
 		fmt.Sprintf("RSS %.0f MiB after; CPU %.2f ms per key", rssMiB(ctl.Process.Pid),
 			float64((cpuTime(ctl.Process.Pid)-cpu0).Microseconds())/1000/float64(n)))
 	return nil
+}
+
+// untilActive returns a channel closed once n ApiKeys of namespace ns have
+// been seen Active. It counts from an informer, which lists again and
+// watches on when the API server closes a watch (as it does to a watcher
+// it finds slow while thousands of keys change at once); a bare watch
+// would end there and leave the count short for ever.
+func untilActive(ctx context.Context, cfg *rest.Config, ns string, n int) (<-chan struct{}, error) {
+	ca, err := crcache.New(cfg, crcache.Options{Scheme: controllers.NewScheme(),
+		DefaultNamespaces: map[string]crcache.Config{ns: {}}})
+	if err != nil {
+		return nil, err
+	}
+	inf, err := ca.GetInformer(ctx, &kw.ApiKey{})
+	if err != nil {
+		return nil, err
+	}
+	active := make(chan struct{})
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	saw := func(o any) {
+		k, ok := o.(*kw.ApiKey)
+		if !ok || k.Status.State != kw.StateActive {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if seen[k.Name] || len(seen) == n {
+			return
+		}
+		seen[k.Name] = true
+		if len(seen)%(max(n/5, 1)) == 0 {
+			say("   %d keys Active", len(seen))
+		}
+		if len(seen) == n {
+			close(active)
+		}
+	}
+	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: saw,
+		UpdateFunc: func(_, o any) { saw(o) }}); err != nil {
+		return nil, err
+	}
+	go func() { _ = ca.Start(ctx) }()
+	if !ca.WaitForCacheSync(ctx) {
+		return nil, fmt.Errorf("the bench's ApiKey informer did not sync")
+	}
+	return active, nil
+}
+
+// issuancePprof is where the controller under test serves pprof.
+const issuancePprof = "127.0.0.1:8392"
+
+// issuanceServer starts an API server with keyward's admission policies
+// and namespaces limit and issue, and returns a client that writes as the
+// controller's ServiceAccount would (the admission policies let only it
+// write records), with every right.
+func issuanceServer() (*envtest.Environment, *envtest.AuthenticatedUser, client.WithWatch, error) {
+	env, cfg, err := testenv.Start()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	pinChildren(loadCPU + "," + serverCPU)
+	ctx := context.Background()
+	fail := func(err error) (*envtest.Environment, *envtest.AuthenticatedUser, client.WithWatch, error) {
+		_ = env.Stop()
+		return nil, nil, nil, err
+	}
+	if _, err := manifests.ApplyDir(ctx, cfg, filepath.Join(testenv.Root(), "config", "admission")); err != nil {
+		return fail(err)
+	}
+	user, err := env.AddUser(envtest.User{Name: "system:serviceaccount:keyward-system:keyward-controller",
+		Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fail(err)
+	}
+	cfg = user.Config()
+	cfg.QPS, cfg.Burst = -1, 1000
+	c, err := client.NewWithWatch(cfg, client.Options{Scheme: controllers.NewScheme()})
+	if err != nil {
+		return fail(err)
+	}
+	for _, ns := range []string{"limit", "issue"} {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			return fail(err)
+		}
+	}
+	return env, user, c, nil
+}
+
+// issuanceLimit is the API server's own rate, in keys a second, for the
+// writes issuing one key takes at the least (the ApiKey, its Secret, its
+// record, its status), made by 32 clients as fast as a fresh API server
+// takes them.
+func issuanceLimit(n int) (float64, error) {
+	say("issuance: the API server's own rate for the writes of %d keys, on a fresh API server", n)
+	env, _, c, err := issuanceServer()
+	if err != nil {
+		return 0, err
+	}
+	defer env.Stop()
+	ctx := context.Background()
+	began := time.Now()
+	if err := parallel(n, func(i int) error {
+		k, _ := keys.Generate()
+		name := fmt.Sprintf("k%06d", i)
+		ak := &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "limit", Name: name},
+			Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"bench:read"}}}
+		if err := c.Create(ctx, ak); err != nil {
+			return err
+		}
+		owner := ownedBy(ak)
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "limit", Name: name + "-apikey", OwnerReferences: owner},
+			Data: map[string][]byte{kw.SecretKeyToken: []byte(k.Token())}}
+		if err := c.Create(ctx, sec); err != nil {
+			return err
+		}
+		rec := &kw.ApiKeyRecord{ObjectMeta: metav1.ObjectMeta{Namespace: "limit", Name: name, OwnerReferences: owner},
+			Spec: kw.ApiKeyRecordSpec{Keys: []kw.RecordedKey{{KeyID: k.ID, Digest: k.Digest(), IssuedAt: metav1.Now()}}}}
+		if err := c.Create(ctx, rec); err != nil {
+			return err
+		}
+		before := ak.DeepCopy()
+		ak.Status.State, ak.Status.KeyID = kw.StateActive, k.ID
+		return c.Status().Patch(ctx, ak, client.MergeFrom(before))
+	}); err != nil {
+		return 0, err
+	}
+	limit := float64(n) / time.Since(began).Seconds()
+	report("API server alone: the writes of one key", fmt.Sprintf("%.0f keys/s", limit),
+		fmt.Sprintf("ApiKey, Secret, record, status for %d keys by 32 clients: %.0f writes/s (the limit)", n, 4*limit))
+	return limit, nil
 }
 
 // apiserverRequests reads apiserver_request_total from the API server's

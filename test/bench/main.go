@@ -29,12 +29,14 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/controllers"
@@ -60,6 +62,9 @@ var (
 
 func main() {
 	flag.Parse()
+	// envtest logs through controller-runtime; the bench reports what it
+	// measures and nothing else.
+	ctrllog.SetLogger(logr.Discard())
 	// The driver and what it starts (the API server, etcd, the gRPC load)
 	// run on the load CPU; the servers under test are pinned to the other.
 	if out, err := exec.Command("taskset", "-apc", loadCPU, strconv.Itoa(os.Getpid())).CombinedOutput(); err != nil {
