@@ -38,8 +38,13 @@ import (
 // FieldOwner is the field manager of every write the controller makes.
 const FieldOwner = "keyward-controller"
 
-// secretNameIndex indexes ApiKeys by the Secret they name, so a change to a
-// Secret wakes every ApiKey that wants it (including one in conflict).
+// secretNameIndex indexes ApiKeys by the Secret they name in
+// spec.secretName, so a change to a Secret wakes every ApiKey that wants it
+// (including one in conflict). An ApiKey that names none wants
+// NAME-apikey, which apiKeysForSecret finds from the Secret's name: only
+// the few ApiKeys with a Secret name of their own take room in the index
+// (a set of one, about 300 bytes in each of the index's two maps, for
+// every ApiKey otherwise).
 const secretNameIndex = "keyward.dev/secret-name"
 
 // errCrashed ends a reconcile at an injected crash point (tests only).
@@ -244,7 +249,12 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	r.tokens = &tokenChecks{}
 	err := mgr.GetFieldIndexer().IndexField(context.Background(), &kw.ApiKey{}, secretNameIndex,
-		func(o client.Object) []string { return []string{o.(*kw.ApiKey).EffectiveSecretName()} })
+		func(o client.Object) []string {
+			if name := o.(*kw.ApiKey).Spec.SecretName; name != "" {
+				return []string{name}
+			}
+			return nil
+		})
 	if err != nil {
 		return err
 	}
@@ -330,11 +340,15 @@ func (r *ApiKeyReconciler) allowedScopes(ctx context.Context, key *kw.ApiKey, v 
 	return nil
 }
 
-// apiKeysForSecret wakes the ApiKey a Secret is labelled for and every
-// ApiKey that names it.
+// apiKeysForSecret wakes the ApiKey a Secret is labelled for, the ApiKey
+// whose default Secret name it has, and every ApiKey that names it in
+// spec.secretName. An ApiKey woken for nothing finds nothing to do.
 func (r *ApiKeyReconciler) apiKeysForSecret(ctx context.Context, o client.Object) []ctrl.Request {
 	var reqs []ctrl.Request
 	if name := o.GetLabels()[kw.LabelApiKey]; name != "" {
+		reqs = append(reqs, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}})
+	}
+	if name, ok := strings.CutSuffix(o.GetName(), kw.DefaultSecretSuffix); ok && name != "" && name != o.GetLabels()[kw.LabelApiKey] {
 		reqs = append(reqs, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}})
 	}
 	var list kw.ApiKeyList

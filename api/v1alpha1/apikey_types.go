@@ -355,8 +355,12 @@ func (k *ApiKey) EffectiveSecretName() string {
 	if k.Spec.SecretName != "" {
 		return k.Spec.SecretName
 	}
-	return k.Name + "-apikey"
+	return k.Name + DefaultSecretSuffix
 }
+
+// DefaultSecretSuffix ends the name of the Secret of an ApiKey whose
+// spec.secretName is empty: NAME-apikey.
+const DefaultSecretSuffix = "-apikey"
 
 func init() {
 	SchemeBuilder.Register(&ApiKey{}, &ApiKeyList{})

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -100,6 +102,10 @@ func issuanceRun() error {
 		return err
 	}
 	cpu0 := cpuTime(ctl.Process.Pid)
+	// What every key costs the control plane: an ApiKey, its record, its
+	// Secret and an Event, in the API server's memory and in etcd's.
+	apiserver, etcd := childPID("kube-apiserver"), childPID("etcd")
+	apiserver0, etcd0 := rssMiB(apiserver), rssMiB(etcd)
 	began := time.Now()
 	var created atomic.Int64
 	var createdIn time.Duration
@@ -147,6 +153,20 @@ func issuanceRun() error {
 			return err
 		}
 	}
+	// The heap the controller holds for the keys, once collected: what its
+	// memory limit must leave room for, beside the collector's headroom.
+	live, err := heapAlloc("http://" + issuancePprof)
+	if err != nil {
+		return err
+	}
+	report("controller heap once every key is issued", fmt.Sprintf("%.1f KiB per key", live/1024/float64(n)),
+		fmt.Sprintf("%.0f MiB live after a collection (HeapAlloc), %d keys", live/(1<<20), n))
+	perKey := func(pid int, before float64) string {
+		return fmt.Sprintf("%.1f KiB", (rssMiB(pid)-before)*1024/float64(n))
+	}
+	report("control plane memory per key issued (RSS growth over the keys)",
+		fmt.Sprintf("%s API server, %s etcd", perKey(apiserver, apiserver0), perKey(etcd, etcd0)),
+		fmt.Sprintf("ApiKey, record, Secret and Event a key; %d keys; RSS %.0f and %.0f MiB after", n, rssMiB(apiserver), rssMiB(etcd)))
 	report("controller during issuance", fmt.Sprintf("%.0f MiB peak", hwmMiB(ctl.Process.Pid)),
 		fmt.Sprintf("RSS %.0f MiB after; CPU %.2f ms per key", rssMiB(ctl.Process.Pid),
 			float64((cpuTime(ctl.Process.Pid)-cpu0).Microseconds())/1000/float64(n)))
@@ -198,6 +218,24 @@ func untilActive(ctx context.Context, cfg *rest.Config, ns string, n int) (<-cha
 		return nil, fmt.Errorf("the bench's ApiKey informer did not sync")
 	}
 	return active, nil
+}
+
+// heapAlloc is the Go heap in use of the process serving pprof at base,
+// right after a collection.
+func heapAlloc(base string) (float64, error) {
+	resp, err := http.Get(base + "/debug/pprof/heap?gc=1&debug=1")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "# HeapAlloc = "); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	return 0, fmt.Errorf("no HeapAlloc in %s's heap profile", base)
 }
 
 // issuancePprof is where the controller under test serves pprof.

@@ -486,6 +486,21 @@ func createKeys(ctx context.Context, c client.Client, ns string, from, to int, l
 	return tokens, nil
 }
 
+// childPID is the pid of this process's child named name (etcd,
+// kube-apiserver), or 0.
+func childPID(name string) int {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, st := range stats {
+		pid := filepath.Base(filepath.Dir(st))
+		n, f := procStat(pid)
+		if n == name && len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
+			p, _ := strconv.Atoi(pid)
+			return p
+		}
+	}
+	return 0
+}
+
 // pinChildren pins this process's API server and etcd to cpus (not the
 // endpoints it started, which stay where start put them).
 func pinChildren(cpus string) {
