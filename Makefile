@@ -133,6 +133,8 @@ test: verify-generated ## Run every test: generated-file check, unit, fuzz corpu
 	@# (minutes each; their links and serial steps leave a core free), and
 	@# the gateways install from Debian meanwhile.
 	@$(MAKE) -s -j3 controlplane promtool gateways
+	@# gofmt: an unformatted file once landed on main unnoticed.
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: format the files above (gofmt -w)"; exit 1; }
 	go vet ./...
 	@# go vet has just run every analyzer, go test's own subset among them.
 	@# The two longest packages first: they start while the others run.
