@@ -141,16 +141,8 @@ func (e *endpoint) status(token, scope string) (int, error) {
 	return resp.StatusCode, nil
 }
 
-func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+// eventually waits until cond holds (testenv.Eventually).
+var eventually = testenv.Eventually
 
 func namespace(t testing.TB, name string) string {
 	t.Helper()

@@ -16,12 +16,20 @@ type Freshness struct {
 // Heard records a list, an event or a bookmark.
 func (f *Freshness) Heard(now time.Time) { f.heard.Store(now.UnixNano()) }
 
-// Opened records a watch stream that started: everything up to now is in.
-func (f *Freshness) Opened(now time.Time) { f.Heard(now); f.open.Store(true) }
+// Opened records a watch stream that started: while it is open, the API
+// server pushes each change at once. It says nothing of what came before:
+// a stream that cannot resume ends at once (Failed).
+func (f *Freshness) Opened(time.Time) { f.open.Store(true) }
 
-// Closed records a watch stream that ended: the index was current until
-// now, and ages from here until a new stream opens.
+// Closed records a watch stream that ended after it delivered what it
+// had: the index was current until now, and ages from here until a new
+// stream opens.
 func (f *Freshness) Closed(now time.Time) { f.Heard(now); f.open.Store(false) }
+
+// Failed records a watch stream that ended in an error (the API server
+// could not resume it from where the index was, say): the index was
+// current only until it last heard something, and ages from then.
+func (f *Freshness) Failed() { f.open.Store(false) }
 
 // NewFreshness registers one more watch whose freshness bounds the
 // index's, starting at now.

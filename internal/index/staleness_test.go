@@ -3,6 +3,9 @@ package index
 import (
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 )
 
 // The index is as stale as its least current watch: zero while every
@@ -39,5 +42,43 @@ func TestStalenessFollowsTheLeastCurrentWatch(t *testing.T) {
 	keysWatch.Opened(now.Add(40 * time.Second))
 	if ix.CheckStaleness(now.Add(41*time.Second), time.Minute); ix.Stale() {
 		t.Fatal("still stale after the watch came back")
+	}
+}
+
+// A watch stream that ends in an error (the API server could not resume
+// it) did not bring the index up to date: the index ages from what it last
+// heard, not from the moment the stream opened or ended. Before, both
+// counted as heard, and a watch refused again and again looked fresh.
+func TestAWatchThatFailsLeavesTheIndexAging(t *testing.T) {
+	ix := New()
+	t0 := time.Now()
+	f := ix.NewFreshness(t0)
+	w := watch.NewFake()
+	lw := liveWatch(w, f)
+	if got := ix.Staleness(t0.Add(time.Hour)); got != 0 {
+		t.Fatalf("with the stream open: %s, want 0", got)
+	}
+	go func() {
+		w.Error(&metav1.Status{Status: metav1.StatusFailure, Code: 410, Reason: metav1.StatusReasonExpired,
+			Message: "too old resource version: 242 (243)"})
+		w.Stop()
+	}()
+	for e := range lw.ResultChan() {
+		if e.Type != watch.Error {
+			t.Fatalf("passed on %s, want the error", e.Type)
+		}
+	}
+	if got := ix.Staleness(t0.Add(time.Hour)); got < time.Hour {
+		t.Fatalf("after a stream that failed: %s, want an hour (since the index last heard)", got)
+	}
+
+	// A stream that ends cleanly leaves the index current until it ended.
+	w = watch.NewFake()
+	lw = liveWatch(w, f)
+	go w.Stop()
+	for range lw.ResultChan() {
+	}
+	if got := ix.Staleness(time.Now()); got > time.Minute {
+		t.Fatalf("after a stream that ended cleanly: %s, want about 0", got)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -70,11 +71,19 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 		lw := &toolscache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 				l := src.list()
-				if o.ResourceVersion == "0" {
-					// "Any version" is served from the API server's cache
-					// in one piece, whatever the page size; a consistent
-					// list comes from etcd page by page.
-					o.ResourceVersion = ""
+				if o.Continue == "" {
+					// Every list is a consistent one, at the newest
+					// version, page by page. Not "0" (any version): the
+					// API server's cache serves it in one piece, whatever
+					// the page size. Nor the version the reflector last
+					// saw, which it asks for after a watch it could not
+					// resume: with a page size, the API server reads
+					// exactly that version from etcd, the reflector
+					// resumes from it again, and after an API server
+					// restart (whose cache begins later) that loops,
+					// serving the old list, until etcd compacts the
+					// version five minutes on (TestWatchResumesAfterAPIServerRestart).
+					o.ResourceVersion, o.ResourceVersionMatch = "", ""
 				}
 				// Limit and Continue by name: controller-runtime writes its
 				// own (zero) ones over those of Raw, which silently turned
@@ -116,7 +125,8 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 			},
 		}
 		r := toolscache.NewReflectorWithOptions(pagedListWatch{lw}, src.obj, st, toolscache.ReflectorOptions{
-			Name: fmt.Sprintf("keyward index %T %s", src.obj, src.ns),
+			Name:    fmt.Sprintf("keyward index %T %s", src.obj, src.ns),
+			Backoff: watchBackoff(),
 		})
 		// Pages of 500: a replica starting with 100,000 keys never holds
 		// the whole list as one response.
@@ -137,17 +147,30 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 
 // liveWatch passes a watch's events on, slims each object as it arrives,
 // and keeps fresh: open while the stream is, heard at every event and
-// bookmark (bookmarks pass untouched: the one that ends a streaming
-// initial list says so in an annotation).
+// bookmark and when the stream ends cleanly, not when it ends in an error
+// (bookmarks pass untouched: the one that ends a streaming initial list
+// says so in an annotation).
 func liveWatch(w watch.Interface, fresh *Freshness) watch.Interface {
 	lw := &stampedWatch{in: w, out: make(chan watch.Event), done: make(chan struct{})}
 	fresh.Opened(time.Now())
 	go func() {
 		defer close(lw.out)
-		defer func() { fresh.Closed(time.Now()) }()
+		failed := false
+		defer func() {
+			if !failed {
+				fresh.Closed(time.Now())
+			}
+		}()
 		for e := range w.ResultChan() {
-			fresh.Heard(time.Now())
-			if o, ok := e.Object.(client.Object); ok && e.Type != watch.Bookmark {
+			if e.Type == watch.Error {
+				// The stream ends here, and did not bring the index up
+				// to date: it ages from what it last heard.
+				failed = true
+				fresh.Failed()
+			} else {
+				fresh.Heard(time.Now())
+			}
+			if o, ok := e.Object.(client.Object); ok && e.Type != watch.Bookmark && e.Type != watch.Error {
 				slimObject(o)
 			}
 			select {
@@ -158,6 +181,15 @@ func liveWatch(w watch.Interface, fresh *Freshness) watch.Interface {
 		}
 	}()
 	return lw
+}
+
+// watchBackoff is how long a reflector waits between attempts while the
+// API server is away: from half a second up to 4 s (6 s with jitter), not
+// client-go's 30 s (60 s), so that an archival made during an outage
+// applies within seconds of the API server's return. A handful of
+// reflectors per replica retrying that often costs the API server nothing.
+func watchBackoff() *wait.Backoff {
+	return &wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.5, Steps: 8, Cap: 4 * time.Second}
 }
 
 type stampedWatch struct {

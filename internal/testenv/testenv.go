@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -41,19 +42,28 @@ var root = sync.OnceValue(func() string {
 	}
 })
 
-// Start starts an API server with keyward's CRDs installed. Call Stop on
-// the returned environment when done.
-func Start() (*envtest.Environment, *rest.Config, error) {
+// New returns the environment Start starts, not yet started, for a test
+// that configures its control plane first.
+func New() (*envtest.Environment, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		assets := filepath.Join(Root(), "bin", "controlplane")
 		if _, err := os.Stat(filepath.Join(assets, "kube-apiserver")); err != nil {
-			return nil, nil, fmt.Errorf("no control plane in %s: run 'make controlplane' (or 'make test')", assets)
+			return nil, fmt.Errorf("no control plane in %s: run 'make controlplane' (or 'make test')", assets)
 		}
 		os.Setenv("KUBEBUILDER_ASSETS", assets)
 	}
-	env := &envtest.Environment{
+	return &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join(Root(), "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
+	}, nil
+}
+
+// Start starts an API server with keyward's CRDs installed. Call Stop on
+// the returned environment when done.
+func Start() (*envtest.Environment, *rest.Config, error) {
+	env, err := New()
+	if err != nil {
+		return nil, nil, err
 	}
 	cfg, err := env.Start()
 	if err != nil {
@@ -139,4 +149,17 @@ func ReplaceOnce(t testing.TB, s string, pairs ...[2]string) string {
 		s = strings.Replace(s, r[0], r[1], 1)
 	}
 	return s
+}
+
+// Eventually waits until cond holds, checking every 10 ms, and fails the
+// test with what it waited for once within has passed.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

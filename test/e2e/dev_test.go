@@ -470,16 +470,8 @@ func waitKeys(t *testing.T, s *system, ns string, n int, within time.Duration) t
 	return time.Since(start)
 }
 
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// eventually waits until cond holds (testenv.Eventually).
+var eventually = testenv.Eventually
 
 // endpointKnows waits until keyward dev's endpoint knows each token: a key
 // is Active once its record is written, and the endpoint learns of the
