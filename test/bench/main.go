@@ -519,9 +519,12 @@ func pinChildren(cpus string) {
 // start runs a server pinned to the second CPU with one Go processor; the
 // load generators run on the first. Keyward and the baseline get exactly
 // the same machine, and neither competes with its load generator.
-func start(path string, args ...string) (*exec.Cmd, error) {
+func start(path string, args ...string) (*exec.Cmd, error) { return startWith(nil, path, args...) }
+
+// startWith is start with more environment variables.
+func startWith(env []string, path string, args ...string) (*exec.Cmd, error) {
 	cmd := exec.Command("taskset", append([]string{"-c", serverCPU, path}, args...)...)
-	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+	cmd.Env = append(append(os.Environ(), "GOMAXPROCS=1"), env...)
 	cmd.Stderr = io.Discard
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w (run 'make bench', which builds it)", path, err)
@@ -823,6 +826,28 @@ func heapInUseMiB(pprofBase string) float64 {
 
 func rssMiB(pid int) float64 { return procStatus(pid, "VmRSS") }
 func hwmMiB(pid int) float64 { return procStatus(pid, "VmHWM") }
+
+// peakAnonMiB samples a process's anonymous memory (RssAnon: what a
+// container's memory limit cannot reclaim, unlike the pages of its
+// mapped binary) every 50 ms until stopped, and returns the largest.
+func peakAnonMiB(pid int) (stop func() float64) {
+	done, peak := make(chan struct{}), make(chan float64)
+	go func() {
+		most := 0.0
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			most = max(most, procStatus(pid, "RssAnon"))
+			select {
+			case <-done:
+				peak <- most
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() float64 { close(done); return <-peak }
+}
 
 // settle gives the endpoint a moment after loading before its memory is
 // read.
