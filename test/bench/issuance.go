@@ -88,9 +88,11 @@ func issuanceRun() error {
 	if memLimit < 0 {
 		memLimit = sizingMiB(n)
 	}
-	var ctlEnv []string
+	// Both CPUs, as a pod without a CPU limit on this 2-CPU node would
+	// have (the bench's other servers run on one).
+	ctlEnv := []string{"GOMAXPROCS=2"}
 	if memLimit > 0 {
-		ctlEnv = []string{fmt.Sprintf("GOMEMLIMIT=%dMiB", memLimit*9/10)}
+		ctlEnv = append(ctlEnv, fmt.Sprintf("GOMEMLIMIT=%dMiB", memLimit*9/10))
 	}
 	ctl, err := startWith(ctlEnv, filepath.Join(*bin, "keyward"), append([]string{"controller", "--kubeconfig", kubeconfig, "--leader-elect=false",
 		"--endpoint-url=https://api.example.com", "--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:8391",
@@ -143,6 +145,7 @@ func issuanceRun() error {
 		return fmt.Errorf("not every key was Active after %s", time.Since(began))
 	}
 	took := time.Since(began)
+	cpuIssued := cpuTime(ctl.Process.Pid) - cpu0
 	rate := float64(n) / took.Seconds()
 	report("keyward issuance, keys created at once", fmt.Sprintf("%.0f keys/s", rate),
 		fmt.Sprintf("%d ApiKeys Active in %s (created in %s); %.0f%% of the API server alone; target ≥ 250 keys/s",
@@ -164,20 +167,36 @@ func issuanceRun() error {
 	}
 	sort.Strings(per)
 	report("API requests per key issued", fmt.Sprintf("%.2f", total/float64(n)), strings.Join(per, ", "))
-	if *profile != "" {
-		// What fills the controller's memory, once every key is issued.
-		if err := fetch("http://"+issuancePprof+"/debug/pprof/heap?gc=1", *profile+".controller-heap"); err != nil {
-			return err
+	// The heap the controller holds, after a collection (and, with
+	// --profile, what fills it, kept as the profile's file + suffix).
+	liveHeap := func(suffix string) (float64, error) {
+		if *profile != "" {
+			if err := fetch("http://"+issuancePprof+"/debug/pprof/heap?gc=1", *profile+suffix); err != nil {
+				return 0, err
+			}
 		}
+		return heapAlloc("http://" + issuancePprof)
 	}
-	// The heap the controller holds for the keys, once collected: what its
-	// memory limit must leave room for, beside the collector's headroom.
-	live, err := heapAlloc("http://" + issuancePprof)
+	// Once every key is issued: what its memory limit must leave room for,
+	// beside the collector's headroom.
+	live, err := liveHeap(".controller-heap")
 	if err != nil {
 		return err
 	}
 	report("controller heap once every key is issued", fmt.Sprintf("%.1f KiB per key", live/1024/float64(n)),
 		fmt.Sprintf("%.0f MiB live after a collection (HeapAlloc), %d keys", live/(1<<20), n))
+	// The same once the controller is idle: the reconciles that each key's
+	// own status write wakes still run after the last key turned Active,
+	// and what they allocate while the collection marks counts as live.
+	// At rest is what a replica holds for its keys.
+	idleIn := untilIdle(ctl.Process.Pid, 5*time.Minute)
+	rest, err := liveHeap(".controller-heap-idle")
+	if err != nil {
+		return err
+	}
+	report("controller heap at rest", fmt.Sprintf("%.1f KiB per key", rest/1024/float64(n)),
+		fmt.Sprintf("%.0f MiB live after a collection, once the controller was idle (%s after the last key turned Active)",
+			rest/(1<<20), idleIn.Round(time.Second)))
 	perKey := func(pid int, before float64) string {
 		return fmt.Sprintf("%.1f KiB", (rssMiB(pid)-before)*1024/float64(n))
 	}
@@ -191,7 +210,7 @@ func issuanceRun() error {
 	report("controller during issuance", fmt.Sprintf("%.0f MiB peak", hwmMiB(ctl.Process.Pid)),
 		fmt.Sprintf("%s; anonymous memory (what a limit counts and cannot reclaim) %.0f MiB at most; RSS %.0f MiB after; CPU %.2f ms per key",
 			limitText, anonPeak(), rssMiB(ctl.Process.Pid),
-			float64((cpuTime(ctl.Process.Pid)-cpu0).Microseconds())/1000/float64(n)))
+			float64(cpuIssued.Microseconds())/1000/float64(n)))
 	return nil
 }
 
@@ -240,6 +259,21 @@ func untilActive(ctx context.Context, cfg *rest.Config, ns string, n int) (<-cha
 		return nil, fmt.Errorf("the bench's ApiKey informer did not sync")
 	}
 	return active, nil
+}
+
+// untilIdle waits until the process pid has used under 2 % of a CPU for
+// five seconds, or until max has passed, and returns how long it waited.
+func untilIdle(pid int, max time.Duration) time.Duration {
+	began := time.Now()
+	const window = 5 * time.Second
+	for time.Since(began) < max {
+		before := cpuTime(pid)
+		time.Sleep(window)
+		if cpuTime(pid)-before < window/50 {
+			break
+		}
+	}
+	return time.Since(began)
 }
 
 // heapAlloc is the Go heap in use of the process serving pprof at base,
