@@ -189,14 +189,17 @@ func issuanceRun() error {
 	// own status write wakes still run after the last key turned Active,
 	// and what they allocate while the collection marks counts as live.
 	// At rest is what a replica holds for its keys.
-	idleIn := untilIdle(ctl.Process.Pid, 5*time.Minute)
+	waited, idle := untilIdle(ctl.Process.Pid, 5*time.Minute)
 	rest, err := liveHeap(".controller-heap-idle")
 	if err != nil {
 		return err
 	}
+	when := fmt.Sprintf("once the controller was idle (%s after the last key turned Active)", waited.Round(time.Second))
+	if !idle {
+		when = fmt.Sprintf("the controller still busy %s after the last key turned Active: not at rest", waited.Round(time.Second))
+	}
 	report("controller heap at rest", fmt.Sprintf("%.1f KiB per key", rest/1024/float64(n)),
-		fmt.Sprintf("%.0f MiB live after a collection, once the controller was idle (%s after the last key turned Active)",
-			rest/(1<<20), idleIn.Round(time.Second)))
+		fmt.Sprintf("%.0f MiB live after a collection, %s", rest/(1<<20), when))
 	perKey := func(pid int, before float64) string {
 		return fmt.Sprintf("%.1f KiB", (rssMiB(pid)-before)*1024/float64(n))
 	}
@@ -262,18 +265,19 @@ func untilActive(ctx context.Context, cfg *rest.Config, ns string, n int) (<-cha
 }
 
 // untilIdle waits until the process pid has used under 2 % of a CPU for
-// five seconds, or until max has passed, and returns how long it waited.
-func untilIdle(pid int, max time.Duration) time.Duration {
+// five seconds, giving up after limit; it returns how long it waited and
+// whether the process went idle.
+func untilIdle(pid int, limit time.Duration) (time.Duration, bool) {
 	began := time.Now()
 	const window = 5 * time.Second
-	for time.Since(began) < max {
+	for time.Since(began) < limit {
 		before := cpuTime(pid)
 		time.Sleep(window)
 		if cpuTime(pid)-before < window/50 {
-			break
+			return time.Since(began), true
 		}
 	}
-	return time.Since(began)
+	return time.Since(began), false
 }
 
 // heapAlloc is the Go heap in use of the process serving pprof at base,
