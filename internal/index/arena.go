@@ -17,7 +17,7 @@ const none = ^uint32(0)
 const shardCount = 64
 
 // slot is one published key: what a check compares and judges, and the
-// number of its record. Slots are the values of a shard's map: one probe
+// number of its record. Slots are the values of a shard's table: one probe
 // finds all of it.
 type slot struct {
 	sum keys.Sum
@@ -55,9 +55,9 @@ const (
 
 type shard struct {
 	mu sync.RWMutex
-	// m maps a key ID's 16 bytes to its slot: keys and values without
-	// pointers, which the collector never scans.
-	m map[idKey]slot
+	// m maps a key ID's 16 bytes to its slot, in the same time whether
+	// the key ID is there or not (table.go).
+	m table
 	// recs are the records, in chunks that never move, numbered in order.
 	// Records no slot names any more are dead until a compaction drops
 	// them. Every chunk is free of pointers: the collector marks it and
@@ -138,19 +138,18 @@ func (s *shard) identity(n uint32, shardNo uint8) Identity {
 // an identity keep the old name and record chunks alive until they are
 // done.
 func (s *shard) compact() {
-	if s.dead < arrayChunk || s.dead < len(s.m) {
+	if s.dead < arrayChunk || s.dead < s.m.len() {
 		return
 	}
 	old, oldBytes := s.recs, s.bytes
 	s.recs, s.bytes, s.dead = array[record]{}, chunks{}, 0
-	for k, sl := range s.m {
+	s.m.each(func(_ *idKey, sl *slot) {
 		from := old.at(sl.rec)
 		n, to := s.alloc()
 		to.id, to.name, to.set, to.serial, to.lim = from.id, s.bytes.put(oldBytes.view(from.name)), from.set, from.serial, from.lim
 		to.usage.copyFrom(&from.usage) // no check counts meanwhile: this shard is write-locked
 		sl.rec = n
-		s.m[k] = sl
-	}
+	})
 }
 
 // publish makes fresh the slot of key ID k for the ApiKey full; the
@@ -163,7 +162,7 @@ func (ix *Index) publish(k *rkey, full string, setID, lim uint32, fresh slot) {
 	defer s.mu.Unlock()
 	ix.writes.Add(1)
 	set := s.localSet(setID, ix.sets[setID])
-	prev, dup := s.m[k.id]
+	prev, dup := s.m.get(&k.id)
 	switch {
 	case dup && s.bytes.view(s.record(prev.rec).name) == full:
 		fresh.rec = prev.rec
@@ -178,7 +177,7 @@ func (ix *Index) publish(k *rkey, full string, setID, lim uint32, fresh slot) {
 		fresh.rec = s.newRecord(k.id, full, set)
 		s.record(fresh.rec).lim = lim
 	}
-	s.m[k.id] = fresh
+	s.m.set(k.id, fresh)
 	s.compact()
 }
 
@@ -187,11 +186,10 @@ func (ix *Index) unpublish(id *idKey) {
 	s := ix.shard(id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.m[*id]; !ok {
+	if !s.m.del(id) {
 		return
 	}
 	ix.writes.Add(1)
-	delete(s.m, *id)
 	s.dead++
 	ix.size.Add(-1)
 	s.compact()

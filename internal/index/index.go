@@ -17,6 +17,7 @@ package index
 import (
 	"hash/maphash"
 	"maps"
+	"math/bits"
 	"slices"
 	"strings"
 	"sync"
@@ -252,7 +253,7 @@ func New() *Index {
 	ix.policyIDs = map[string]uint32{}
 	ix.peers.Store(1)
 	for i := range ix.shards {
-		ix.shards[i].m = map[idKey]slot{}
+		ix.shards[i].m = newTable()
 		ix.shards[i].setNo = map[uint32]uint32{}
 	}
 	return ix
@@ -266,39 +267,73 @@ func (ix *Index) shard(k *idKey) *shard { return &ix.shards[ix.shardNo(k)] }
 
 // Lookup returns the entry of a key ID.
 func (ix *Index) Lookup(id string) (e Entry, found bool) {
+	if e, found = ix.Probe(id); !found {
+		e = Entry{}
+	}
+	return e, found
+}
+
+// Probe is Lookup for checks: it takes the same time whether the index
+// holds the key ID or not. For a key ID it does not hold, it returns a
+// decoy entry (the entry of another key, or an empty one) and false; the
+// caller compares the secret against the decoy's digest and passes it to
+// Count with found false, as it would a wrong secret's key, and uses
+// nothing else of it.
+func (ix *Index) Probe(id string) (e Entry, found bool) {
 	k, valid := keyOf(id)
-	if !valid {
-		return e, false
+	if !valid || k == (idKey{}) {
+		return e, false // a key ID's form is no secret
 	}
 	no := ix.shardNo(&k)
 	s := &ix.shards[no]
 	s.mu.RLock()
-	if sl, ok := s.m[k]; ok {
-		e = Entry{Sum: sl.sum, Archived: sl.until < 0, until: max(sl.until, 0), Identity: s.identity(sl.rec, no)}
-		found = true
+	sl, hit, vacant, spare := s.m.probe(&k)
+	e.Sum, e.Archived, e.until = sl.sum, sl.until < 0, max(sl.until, 0)
+	// A miss reads the record of its decoy entry, as a hit reads its own;
+	// an empty decoy entry names none, and the hash chooses one among all
+	// of the shard's. A shard without a single record holds no key a
+	// probe could find either.
+	if n := uint32(s.recs.len()); n > 0 {
+		decoy, _ := bits.Mul32(spare, n)
+		e.Identity = s.identity(sl.rec^(sl.rec^decoy)&-uint32(vacant), no)
 	}
 	s.mu.RUnlock()
-	return e, found
+	return e, hit == 1
 }
 
 // Count records one check of a known key at now. A key that left the
 // index since its lookup (removed, or taken over by another ApiKey) is not
 // counted: it has no counters any more.
-func (ix *Index) Count(id Identity, o Outcome, now time.Time) {
+func (ix *Index) Count(id Identity, o Outcome, now time.Time) { ix.count(id, o, now, 1) }
+
+// CountProbed is Count after Probe: it counts the check when the key was
+// found, and does the same work without counting anything when it was not.
+func (ix *Index) CountProbed(id Identity, found bool, o Outcome, now time.Time) {
+	var n uint64
+	if found {
+		n = 1
+	}
+	ix.count(id, o, now, n)
+}
+
+func (ix *Index) count(id Identity, o Outcome, now time.Time, n uint64) {
+	if id.set == nil {
+		return // the empty decoy of a shard without records
+	}
 	s := &ix.shards[id.shard]
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if int(id.rec) < s.recs.len() {
 		if r := s.record(id.rec); r.serial == id.serial {
-			r.usage.count(o, now) // where the lookup found it: the usual case
+			r.usage.count(o, now, n) // where the lookup found it: the usual case
 			return
 		}
 	}
 	// A compaction moved the record since the lookup: find it by key ID.
 	if k, valid := keyOf(id.id); valid {
-		if sl, ok := s.m[k]; ok {
+		if sl, ok := s.m.get(&k); ok {
 			if r := s.record(sl.rec); r.serial == id.serial {
-				r.usage.count(o, now)
+				r.usage.count(o, now, n)
 			}
 		}
 	}
@@ -549,13 +584,13 @@ func (ix *Index) EachChanged(all bool, also map[string]bool, fn func(id Identity
 	for i := range ix.shards {
 		s := &ix.shards[i]
 		s.mu.RLock()
-		for k, sl := range s.m {
+		s.m.each(func(k *idKey, sl *slot) {
 			r := s.record(sl.rec)
 			changed := r.usage.takeChanged()
 			if changed || all || len(also) > 0 && also[k.String()] {
 				fn(s.identity(sl.rec, uint8(i)), &r.usage, changed)
 			}
-		}
+		})
 		s.mu.RUnlock()
 	}
 }
@@ -567,9 +602,9 @@ func (ix *Index) Each(fn func(id Identity, u *Usage)) {
 	for i := range ix.shards {
 		s := &ix.shards[i]
 		s.mu.RLock()
-		for _, sl := range s.m {
+		s.m.each(func(_ *idKey, sl *slot) {
 			fn(s.identity(sl.rec, uint8(i)), &s.record(sl.rec).usage)
-		}
+		})
 		s.mu.RUnlock()
 	}
 }

@@ -326,8 +326,8 @@ func TestCompactionKeepsWhatStays(t *testing.T) {
 		t.Fatalf("%d keys, %d names; want %d", ix.Len(), len(ix.names), n/100)
 	}
 	for i := range ix.shards {
-		if s := &ix.shards[i]; s.dead >= arrayChunk && s.dead >= len(s.m) {
-			t.Fatalf("shard %d not compacted: %d dead, %d live records", i, s.dead, len(s.m))
+		if s := &ix.shards[i]; s.dead >= arrayChunk && s.dead >= s.m.len() {
+			t.Fatalf("shard %d not compacted: %d dead, %d live records", i, s.dead, s.m.len())
 		}
 	}
 	if ix.deadNameLen > 64<<10 {

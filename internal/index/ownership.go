@@ -78,7 +78,7 @@ func (ix *Index) unclaim(id idKey, oi uint32) {
 
 // publishedFor is the owner a key ID is published for.
 func (ix *Index) publishedFor(id idKey) (uint32, bool) {
-	sl, ok := ix.shard(&id).m[id]
+	sl, ok := ix.shard(&id).m.get(&id)
 	return sl.owner, ok
 }
 

@@ -40,11 +40,11 @@ const dirtyBit = int64(1) << 62
 // count counts a check, then marks the key changed: a report clears the
 // mark before it reads the counts, so a count it misses leaves the mark
 // for the next report.
-func (u *Usage) count(o Outcome, now time.Time) {
-	u.n[o].Add(1)
+func (u *Usage) count(o Outcome, now time.Time, n uint64) {
+	u.n[o].Add(n) // n is 0 for a decoy (Index.CountProbed): the same write, no count
 	if o == Allowed {
 		u.lastUsed.Store(now.UnixNano() | dirtyBit)
-	} else if u.lastUsed.Load()&dirtyBit == 0 {
+	} else if u.lastUsed.Load()&dirtyBit == 0 && n != 0 {
 		u.lastUsed.Or(dirtyBit)
 	}
 }
