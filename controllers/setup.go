@@ -30,16 +30,47 @@ func NewScheme() *runtime.Scheme {
 
 // CacheOptions are the controller's cache settings: it sees only the Secrets
 // keyward labelled, so its memory does not grow with the cluster's other
-// Secrets, and managed fields are dropped from everything it caches. It
-// holds those Secrets' metadata only (SetupWithManager watches them with
+// Secrets, and managed fields and kubectl's last-applied configuration are
+// dropped from everything it caches (stripForCache). It holds those
+// Secrets' metadata only (SetupWithManager watches them with
 // builder.OnlyMetadata; NewClient refuses a whole Secret from the cache).
 func CacheOptions() cache.Options {
 	return cache.Options{
-		DefaultTransform: cache.TransformStripManagedFields(),
+		DefaultTransform: stripForCache,
 		ByObject: map[client.Object]cache.ByObject{
 			&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{kw.LabelManagedBy: kw.ManagedByValue})},
 		},
 	}
+}
+
+// stripManagedFields is controller-runtime's transform that drops managed
+// fields.
+var stripManagedFields = cache.TransformStripManagedFields()
+
+// stripForCache drops from an object about to be cached what the
+// controller never reads: its managed fields, and the copy of the whole
+// manifest that kubectl apply (and GitOps tools applying client-side)
+// keep in the kubectl.kubernetes.io/last-applied-configuration
+// annotation, a few hundred bytes an ApiKey. Dropping them from the cache
+// loses nothing on the API server: the controller never Updates an object,
+// it merge-patches the fields it changes, computed between two copies
+// that both lack them.
+func stripForCache(in any) (any, error) {
+	out, err := stripManagedFields(in)
+	if err != nil {
+		return out, err
+	}
+	if o, ok := out.(metav1.Object); ok {
+		if a := o.GetAnnotations(); a != nil {
+			if _, ok := a[corev1.LastAppliedConfigAnnotation]; ok {
+				delete(a, corev1.LastAppliedConfigAnnotation)
+				if len(a) == 0 {
+					o.SetAnnotations(nil)
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 // NewClient is the controller's client: client.New, except that its cache

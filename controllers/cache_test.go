@@ -1,0 +1,65 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	kw "keyward.dev/keyward/api/v1alpha1"
+)
+
+// TestCacheDropsLastAppliedConfiguration: an ApiKey applied with kubectl
+// (or a GitOps tool applying client-side) carries its whole manifest again
+// in an annotation. The controller's cache drops it, as it drops managed
+// fields, since the controller never reads it; on the API server it stays
+// as it was through every write of the controller (finalizer, status,
+// archival), so the next kubectl apply merges as before.
+func TestCacheDropsLastAppliedConfiguration(t *testing.T) {
+	ns := namespace(t)
+	m := startManager(t, ns)
+	ctx := context.Background()
+
+	key := newKey(ns, "applied")
+	manifest, err := json.Marshal(map[string]any{
+		"apiVersion": kw.GroupVersion.String(), "kind": "ApiKey",
+		"metadata": map[string]any{"name": key.Name, "namespace": ns, "annotations": map[string]any{}},
+		"spec":     key.Spec,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied := string(manifest) + "\n"
+	key.Annotations = map[string]string{corev1.LastAppliedConfigAnnotation: applied, "team": "payments"}
+	create(t, key)
+	waitReason(t, ns, "applied", kw.ReasonIssued)
+	remember(get(t, ns, key.EffectiveSecretName(), &corev1.Secret{}))
+
+	cached := &kw.ApiKey{}
+	if err := m.mgr.GetClient().Get(ctx, client.ObjectKeyFromObject(key), cached); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := cached.Annotations[corev1.LastAppliedConfigAnnotation]; ok || cached.Annotations["team"] != "payments" {
+		t.Fatalf("cached annotations %v: want the team's, without %s", cached.Annotations, corev1.LastAppliedConfigAnnotation)
+	}
+	if cached.ManagedFields != nil {
+		t.Fatalf("cached managed fields: %v", cached.ManagedFields)
+	}
+
+	live := get(t, ns, "applied", &kw.ApiKey{})
+	if got := live.Annotations[corev1.LastAppliedConfigAnnotation]; got != applied {
+		t.Fatalf("after issuance the API server holds %q, want the applied manifest", got)
+	}
+	patch := client.MergeFrom(live.DeepCopy())
+	live.Spec.Archived = true
+	if err := k8s.Patch(ctx, live, patch); err != nil {
+		t.Fatal(err)
+	}
+	waitReason(t, ns, "applied", kw.ReasonArchived)
+	live = get(t, ns, "applied", &kw.ApiKey{})
+	if got := live.Annotations[corev1.LastAppliedConfigAnnotation]; got != applied || live.Annotations["team"] != "payments" {
+		t.Fatalf("after archival the API server holds %v, want the applied manifest and the team's annotation", live.Annotations)
+	}
+}
