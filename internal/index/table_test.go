@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"unsafe"
 )
 
 // TestTableAgainstMap runs random sets, deletes and probes against a Go
@@ -165,5 +166,14 @@ func TestTableLoad(t *testing.T) {
 		if load := float64(tab.len()) / float64(len(tab.ids)*bucketSize); i > 1000 && (load < 0.4 || load > 0.9) {
 			t.Fatalf("%d key IDs in %d entries: load %.2f", tab.len(), len(tab.ids)*bucketSize, load)
 		}
+	}
+}
+
+// TestSlotLayout: probe loads one word of each of slots 0, 1 and 2 of a
+// bucket to bring in the bucket's three cache lines of slots; that holds
+// while a slot is 48 bytes and a bucket's slots 192.
+func TestSlotLayout(t *testing.T) {
+	if s, row := unsafe.Sizeof(slot{}), unsafe.Sizeof([bucketSize]slot{}); s != 48 || row != 192 {
+		t.Fatalf("a slot is %d bytes and a bucket's slots %d: make probe load one word in each cache line of a bucket's slots", s, row)
 	}
 }
