@@ -83,10 +83,19 @@ func startEndpointWith(t testing.TB, c *rest.Config, o AuthnOptions) *endpoint {
 	if o.Logger.GetSink() == nil {
 		o.Logger = logging.New(io.Discard, 0)
 	}
-	done := make(chan error, 1)
-	go func() { done <- RunAuthn(ctx, c, o) }()
-	t.Cleanup(func() { cancel(); <-done })
+	var runErr error
+	stopped := make(chan struct{})
+	go func() { runErr = RunAuthn(ctx, c, o); close(stopped) }()
+	t.Cleanup(func() { cancel(); <-stopped })
 	eventually(t, 20*time.Second, "the endpoint to be ready", func() bool {
+		// An endpoint that could not start (a port another test process
+		// took since freeAddr chose it) says why, instead of a readiness
+		// that never comes.
+		select {
+		case <-stopped:
+			t.Fatalf("the endpoint stopped before it was ready: %v", runErr)
+		default:
+		}
 		resp, err := http.Get("http://" + health + "/readyz")
 		if err != nil {
 			return false
