@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -54,12 +56,11 @@ func TestMain(m *testing.M) {
 
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := testenv.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // endpoint is a running auth endpoint.
@@ -75,35 +76,58 @@ func startEndpoint(t testing.TB, c *rest.Config, namespaces ...string) *endpoint
 // startEndpointWith is startEndpoint with more options.
 func startEndpointWith(t testing.TB, c *rest.Config, o AuthnOptions) *endpoint {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	httpAddr, health := freeAddr(t), freeAddr(t)
-	grpcAddr := freeAddr(t)
-	o.HTTPAddr, o.GRPCAddr, o.HealthAddr = httpAddr, grpcAddr, health
 	o.AllowQueryKeys = true
 	if o.Logger.GetSink() == nil {
 		o.Logger = logging.New(io.Discard, 0)
 	}
+	// A port another test process bound since FreeAddr chose it (rare:
+	// they draw at random) is drawn again, up to twice.
+	for attempt := 1; ; attempt++ {
+		e, err := runEndpoint(t, c, o)
+		if err == nil {
+			return e
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == 3 {
+			t.Fatalf("the endpoint stopped before it was ready: %v", err)
+		}
+		t.Logf("attempt %d: %v; drawing other ports", attempt, err)
+	}
+}
+
+// runEndpoint runs the endpoint on fresh ports until the test ends, and
+// waits until it is ready or has stopped with an error.
+func runEndpoint(t testing.TB, c *rest.Config, o AuthnOptions) (*endpoint, error) {
+	t.Helper()
+	o.HTTPAddr, o.GRPCAddr, o.HealthAddr = freeAddr(t), freeAddr(t), freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
 	var runErr error
 	stopped := make(chan struct{})
 	go func() { runErr = RunAuthn(ctx, c, o); close(stopped) }()
 	t.Cleanup(func() { cancel(); <-stopped })
+	var failed bool
 	eventually(t, 20*time.Second, "the endpoint to be ready", func() bool {
-		// An endpoint that could not start (a port another test process
-		// took since freeAddr chose it) says why, instead of a readiness
-		// that never comes.
+		// An endpoint that could not start says why, instead of a
+		// readiness that never comes.
 		select {
 		case <-stopped:
-			t.Fatalf("the endpoint stopped before it was ready: %v", runErr)
+			failed = true
+			return true
 		default:
 		}
-		resp, err := http.Get("http://" + health + "/readyz")
+		resp, err := http.Get("http://" + o.HealthAddr + "/readyz")
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
-	return &endpoint{url: "http://" + httpAddr, health: "http://" + health, grpc: grpcAddr}
+	if failed {
+		if runErr == nil {
+			runErr = errors.New("RunAuthn returned no error")
+		}
+		return nil, runErr
+	}
+	return &endpoint{url: "http://" + o.HTTPAddr, health: "http://" + o.HealthAddr, grpc: o.GRPCAddr}, nil
 }
 
 // startController runs the controller for the test's namespace.

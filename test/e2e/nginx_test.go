@@ -84,12 +84,10 @@ func startGateway(t *testing.T, name, file string, conf func(dir, addr string) s
 	command func(dir, path string) *exec.Cmd) string {
 	t.Helper()
 	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := testenv.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
 	path := filepath.Join(dir, file)
 	if err := os.WriteFile(path, []byte(conf(dir, addr)), 0o644); err != nil {
 		t.Fatal(err)
