@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -298,7 +299,9 @@ func TestCompactionKeepsWhatStays(t *testing.T) {
 	const n = 70000 // enough dead records in every one of the 64 shards
 	id := func(i int) string { return fmt.Sprintf("%016d", i) }
 	nn := func(i int) types.NamespacedName {
-		return types.NamespacedName{Namespace: fmt.Sprintf("team-%d", i%7), Name: fmt.Sprintf("key-%d", i)}
+		// Names of 12 to 48 bytes: in the record and in the shard's chunks.
+		return types.NamespacedName{Namespace: fmt.Sprintf("team-%d", i%7),
+			Name: fmt.Sprintf("key-%d", i) + strings.Repeat("-padding", i%5)}
 	}
 	add := func(i int) {
 		ix.SetApiKey(nn(i), &ApiKey{UID: testUID(nn(i)), Scopes: []string{"a"}})
@@ -319,7 +322,7 @@ func TestCompactionKeepsWhatStays(t *testing.T) {
 			ix.SetRecord(nn(i), nil)
 		}
 	}
-	if held.KeyID() != id(1) || held.Key() != "team-1/key-1" || held.ScopesHeader()[0] != "a" {
+	if held.KeyID() != id(1) || held.Key() != nn(1).String() || held.ScopesHeader()[0] != "a" {
 		t.Fatalf("a held identity changed: %s %s", held.KeyID(), held.Key())
 	}
 	if ix.Len() != n/100 || len(ix.names) != n/100 {
@@ -360,6 +363,25 @@ func TestCompactionKeepsWhatStays(t *testing.T) {
 	}
 	if ix.owners.len() != owners || ix.rkeys.len() != rkeys {
 		t.Fatalf("freed space not reused: %d owners, %d keys more", ix.owners.len()-owners, ix.rkeys.len()-rkeys)
+	}
+}
+
+// A key's identity names its ApiKey whatever the name's length: in the
+// record up to inlineName bytes, in the shard's chunks beyond, up to a
+// namespace of 63 and a name of 253.
+func TestNamesOfEveryLength(t *testing.T) {
+	ix := New()
+	sum := key(t)
+	for n := 1; n <= 253; n++ {
+		for _, ns := range []string{"a", strings.Repeat("n", 63)} {
+			nn := types.NamespacedName{Namespace: ns, Name: strings.Repeat("k", n)}
+			id := fmt.Sprintf("%08d%08d", len(ns), n)
+			ix.SetApiKey(nn, &ApiKey{UID: testUID(nn), Scopes: []string{"a"}})
+			ix.SetRecord(nn, &Record{Owner: testUID(nn), Keys: []Key{{ID: id, Digest: sum.Digest()}}})
+			if e, ok := ix.Lookup(id); !ok || e.Key() != nn.String() {
+				t.Fatalf("a name of %d bytes: %v %q", len(nn.String()), ok, e.Key())
+			}
+		}
 	}
 }
 

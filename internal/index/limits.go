@@ -385,7 +385,7 @@ func (ix *Index) uncollected(o *owner, q Quota) int64 {
 		s := ix.shard(id)
 		s.mu.RLock()
 		var total int64
-		if sl, ok := s.m.get(id); ok && s.bytes.view(s.record(sl.rec).name) == ix.nameBytes.view(o.name) {
+		if sl, ok := s.m.get(id); ok && s.name(s.record(sl.rec)) == ix.nameBytes.view(o.name) {
 			total = int64(s.record(sl.rec).usage.n[Allowed].Load())
 		}
 		s.mu.RUnlock()

@@ -177,3 +177,22 @@ func TestSlotLayout(t *testing.T) {
 		t.Fatalf("a slot is %d bytes and a bucket's slots %d: make probe load one word in each cache line of a bucket's slots", s, row)
 	}
 }
+
+// TestRecordLayout: a record is two cache lines, what a check reads
+// (through the inline name) in the first and the counters it writes in the
+// second, and a chunk of records starts on a line.
+func TestRecordLayout(t *testing.T) {
+	var r record
+	if size, read, usage := unsafe.Sizeof(r), unsafe.Offsetof(r.short)+inlineName, unsafe.Offsetof(r.usage); size != 128 || read > 64 || usage != 64 {
+		t.Fatalf("a record is %d bytes, its name ends at %d, its counters start at %d: want 128, ≤ 64, 64", size, read, usage)
+	}
+	var a array[record]
+	for range 3 * arrayChunk {
+		a.add()
+	}
+	for _, c := range a.chunks {
+		if p := uintptr(unsafe.Pointer(c)); p%64 != 0 {
+			t.Fatalf("a chunk of records at %#x, not on a cache line", p)
+		}
+	}
+}
