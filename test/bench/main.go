@@ -34,6 +34,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -57,6 +59,7 @@ var (
 	authnArgs   = flag.String("authn-args", "", "more flags for the endpoint under test, space-separated (e.g. --max-header-bytes=8192)")
 	phases      = flag.String("phases", "issuance,endpoint,usage,scale", "what to run: issuance (the controller), endpoint (revocation, memory, throughput, hostile load), usage (collection from 10 replicas), scale (checks at 10 and 1,000,000 keys in process)")
 	usageKeys   = flag.Int("usage-keys", 10000, "ApiKeys of the usage phase")
+	cpEnv       = flag.String("control-plane-env", "", "environment for the endpoint phase's API server and etcd, comma-separated KEY=VALUE (e.g. GOGC=400), for experiments on the control plane's share of a revocation")
 	profile     = flag.String("profile", "", "write CPU profiles of the endpoint and of the baselines during their first wrk runs here (and here.noop, here.fastnoop); a longer --duration gives finer profiles")
 )
 
@@ -113,7 +116,7 @@ func run() error {
 
 func endpointRun() error {
 	say("starting the API server")
-	env, cfg, err := testenv.Start()
+	env, cfg, err := startControlPlane()
 	if err != nil {
 		return err
 	}
@@ -169,7 +172,16 @@ func endpointRun() error {
 	if _, err := manifests.ApplyDir(ctx, cfg, filepath.Join(testenv.Root(), "config", "policy")); err != nil {
 		return err
 	}
-	if err := revocation(ctx, c, tokens, dir); err != nil {
+	// Each size is measured twice: with the API server and etcd at the
+	// load generator's priority (they share its CPU), and with them at nice
+	// -10, so that they take the CPU from wrk when a request wakes them, as
+	// a control plane does that shares no CPU with the load: the difference
+	// is what a PATCH loses waiting for that CPU (docs/benchmarks.md).
+	n := *revocations
+	if err := revocation(ctx, c, authn.Process.Pid, 0, tokens[:n], tokens[2*n:], dir, false); err != nil {
+		return err
+	}
+	if err := revocation(ctx, c, authn.Process.Pid, n, tokens[n:2*n], tokens[2*n:], dir, true); err != nil {
 		return err
 	}
 
@@ -178,10 +190,18 @@ func endpointRun() error {
 	if err != nil {
 		return err
 	}
-	tokens = append(tokens[*revocations:], more...)
 	if err := waitReady("http://127.0.0.1:8091/readyz", *keysTotal, more[len(more)-1]); err != nil {
 		return err
 	}
+	// The same at every key loaded, with keys added last (the newest
+	// records, the index's latest growth).
+	if err := revocation(ctx, c, authn.Process.Pid, *revokeKeys, more[:n], more[2*n:], dir, false); err != nil {
+		return err
+	}
+	if err := revocation(ctx, c, authn.Process.Pid, *revokeKeys+n, more[n:2*n], more[2*n:], dir, true); err != nil {
+		return err
+	}
+	tokens = append(tokens[2*n:], more[2*n:]...)
 	settle()
 	report("endpoint memory with keys loaded", fmt.Sprintf("%.1f MiB RSS", rssMiB(authn.Process.Pid)),
 		fmt.Sprintf("%d keys, 90%% of them added by watch while it ran; Go heap in use %.1f MiB; target ≤ 150 MiB",
@@ -501,6 +521,45 @@ func childPID(name string) int {
 	return 0
 }
 
+// startControlPlane starts envtest's API server and etcd, with the
+// --control-plane-env variables in their environment (they inherit this
+// process's).
+func startControlPlane() (*envtest.Environment, *rest.Config, error) {
+	var set []string
+	for _, kv := range strings.Split(*cpEnv, ",") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			if err := os.Setenv(k, v); err != nil {
+				return nil, nil, err
+			}
+			set = append(set, k)
+		}
+	}
+	defer func() {
+		for _, k := range set {
+			_ = os.Unsetenv(k)
+		}
+	}()
+	return testenv.Start()
+}
+
+// niceChildren sets the nice value of every thread of this process's API
+// server and etcd (threads they start later inherit it).
+func niceChildren(n int) {
+	for _, name := range []string{"etcd", "kube-apiserver"} {
+		pid := childPID(name)
+		if pid == 0 {
+			continue
+		}
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/[0-9]*", pid))
+		for _, task := range tasks {
+			tid, _ := strconv.Atoi(filepath.Base(task))
+			if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, n); err != nil {
+				fmt.Fprintf(os.Stderr, "bench: nice %d %s thread %d: %v\n", n, name, tid, err)
+			}
+		}
+	}
+}
+
 // pinChildren pins this process's API server and etcd to cpus (not the
 // endpoints it started, which stay where start put them).
 func pinChildren(cpus string) {
@@ -569,56 +628,91 @@ func check(token string) int {
 	return resp.StatusCode
 }
 
-func revocation(ctx context.Context, c client.Client, tokens []string, dir string) error {
+// revocation archives the keys named k%06d from first on, whose tokens are
+// archive, one by one, while wrk sends the keys load at the endpoint, and
+// reports how long each took from sending the PATCH: until the API server
+// answered, and until the endpoint (process endpoint) first answered 401.
+// ahead runs the API server and etcd at nice -10 meanwhile.
+func revocation(ctx context.Context, c client.Client, endpoint, first int, archive, load []string, dir string, ahead bool) error {
 	// Under load: wrk sends the keys that stay valid at the endpoint while
 	// the archivals are made (as in production, revocation competes with
 	// checks for the endpoint's CPU).
+	apiserver, etcd := childPID("kube-apiserver"), childPID("etcd")
+	controlPlaneCPU := func() time.Duration { return cpuTime(apiserver) + cpuTime(etcd) }
+	// Measured in the steady state: after creating thousands of keys the
+	// API server and etcd work on for a while (writing the watch cache,
+	// collecting garbage, compacting), and a revocation then would time
+	// that digestion, not the archival.
+	quiet, waited := 0.0, time.Now()
+	for time.Since(waited) < 2*time.Minute {
+		c0 := controlPlaneCPU()
+		time.Sleep(time.Second)
+		if quiet = 100 * (controlPlaneCPU() - c0).Seconds(); quiet < 10 {
+			break
+		}
+	}
+	settled := fmt.Sprintf("started once they were %.0f %% busy, after %s", quiet, time.Since(waited).Round(time.Second))
 	tokFile := filepath.Join(dir, "revocation-load")
-	if err := os.WriteFile(tokFile, []byte(strings.Join(tokens[*revocations:], "\n")+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(tokFile, []byte(strings.Join(load, "\n")+"\n"), 0o600); err != nil {
 		return err
 	}
-	load := exec.Command("taskset", "-c", loadCPU, "wrk", "-t1", "-c8", "-d10m", "-s", filepath.Join("test", "bench", "tokens.lua"),
+	wrk := exec.Command("taskset", "-c", loadCPU, "wrk", "-t1", "-c8", "-d10m", "-s", filepath.Join("test", "bench", "tokens.lua"),
 		"http://127.0.0.1:8180")
-	load.Env = append(os.Environ(), "KW_TOKENS="+tokFile)
-	if err := load.Start(); err != nil {
+	wrk.Env = append(os.Environ(), "KW_TOKENS="+tokFile)
+	if err := wrk.Start(); err != nil {
 		return err
 	}
-	defer func() { _ = load.Process.Kill(); _ = load.Wait() }()
+	defer func() { _ = wrk.Process.Kill(); _ = wrk.Wait() }()
+	if ahead {
+		niceChildren(-10)
+		defer niceChildren(0)
+	}
 	time.Sleep(time.Second)
+	cpu0, cpuAPI0, began := cpuTime(endpoint), controlPlaneCPU(), time.Now()
 
-	call := make([]time.Duration, 0, *revocations)
-	total := make([]time.Duration, 0, *revocations)
-	for i := range *revocations {
-		key := &kw.ApiKey{}
-		if err := c.Get(ctx, client.ObjectKey{Namespace: "bench", Name: fmt.Sprintf("k%06d", i)}, key); err != nil {
-			return err
+	call := make([]time.Duration, 0, len(archive))
+	total := make([]time.Duration, 0, len(archive))
+	for i, token := range archive {
+		if code := check(token); code != 200 {
+			return fmt.Errorf("key %d does not verify before archival: %d", first+i, code)
 		}
-		if code := check(tokens[i]); code != 200 {
-			return fmt.Errorf("key %d does not verify before archival: %d", i, code)
-		}
-		patch := client.MergeFrom(key.DeepCopy())
-		key.Spec.Archived = true
+		// The call a user makes: kubectl patch --type merge, no read first.
+		key := &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: fmt.Sprintf("k%06d", first+i)}}
 		sent := time.Now()
-		if err := c.Patch(ctx, key, patch); err != nil {
+		if err := c.Patch(ctx, key, archivePatch); err != nil {
 			return err
 		}
 		call = append(call, time.Since(sent))
-		for check(tokens[i]) != 401 {
+		for check(token) != 401 {
 			if time.Since(sent) > 10*time.Second {
-				return fmt.Errorf("key %d still verifies 10s after archival", i)
+				return fmt.Errorf("key %d still verifies 10s after archival", first+i)
 			}
 		}
 		total = append(total, time.Since(sent))
 	}
+	took := time.Since(began).Seconds()
+	busy := 100 * (cpuTime(endpoint) - cpu0).Seconds() / took
+	busyAPI := 100 * (controlPlaneCPU() - cpuAPI0).Seconds() / took
 	slices.Sort(call)
 	slices.Sort(total)
 	q := func(d []time.Duration, p int) string { return d[len(d)*p/100].Round(10 * time.Microsecond).String() }
-	report("archive call (PATCH), p50 / p99", q(call, 50)+" / "+q(call, 99),
-		fmt.Sprintf("%d archivals, %d keys loaded, admission policies installed, endpoint under load", *revocations, *revokeKeys))
-	report("revocation from the call, p50 / p99", q(total, 50)+" / "+q(total, 99),
-		"from sending the PATCH to the endpoint's first 401; target p99 ≤ 20 ms")
+	loaded := *revokeKeys
+	if first >= *revokeKeys {
+		loaded = *keysTotal
+	}
+	prio, at := "API server and etcd at wrk's priority", fmt.Sprintf(" (%dk keys)", loaded/1000)
+	if ahead {
+		prio, at = "API server and etcd at nice -10", fmt.Sprintf(" (%dk keys, control plane first)", loaded/1000)
+	}
+	report("archive call (PATCH), p50 / p99"+at, q(call, 50)+" / "+q(call, 99),
+		fmt.Sprintf("%d archivals, %d keys loaded, admission policies installed, %s; they used %.0f %% of a CPU (%s)", len(archive), loaded, prio, busyAPI, settled))
+	report("revocation from the call, p50 / p99"+at, q(total, 50)+" / "+q(total, 99),
+		fmt.Sprintf("from sending the PATCH to the endpoint's first 401, the endpoint under load (its CPU %.0f %% busy); target p99 ≤ 20 ms", busy))
 	return nil
 }
+
+// archivePatch is the archival as the README's tour makes it.
+var archivePatch = client.RawPatch(types.MergePatchType, []byte(`{"spec":{"archived":true}}`))
 
 type wrkResult struct {
 	rps      float64
