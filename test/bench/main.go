@@ -289,7 +289,7 @@ func endpointRun() error {
 	kwLim := &target{url: "http://127.0.0.1:8180", pprof: "http://127.0.0.1:8092", pid: authn.Process.Pid, tokens: limitedFile}
 	kwPlain := &target{url: "http://127.0.0.1:8180", pprof: "http://127.0.0.1:8092", pid: authn.Process.Pid, tokens: unlimitedFile}
 	targets := []*target{netNoop, kwT, fastNoop, kwLim, kwPlain}
-	var httpRatios, fastRatios, cpuRatios, limRatios, limCPU []float64
+	var httpRatios, fastRatios, cpuRatios, limRatios, limCPU, p99Ratios []float64
 	for round := range *rounds {
 		// Each round starts with another of the three: a drift in the
 		// machine's speed within a round favours none of them.
@@ -308,6 +308,7 @@ func endpointRun() error {
 		}
 		k, b, f := kwT.runs[round], netNoop.runs[round], fastNoop.runs[round]
 		httpRatios = append(httpRatios, k.rps/b.rps)
+		p99Ratios = append(p99Ratios, p99Ratio(k, b))
 		fastRatios = append(fastRatios, k.rps/f.rps)
 		cpuRatios = append(cpuRatios, f.cpuPerRequest()/k.cpuPerRequest())
 		p := kwPlain.runs[round]
@@ -320,6 +321,7 @@ func endpointRun() error {
 	report("keyward forward auth (median round)", fmt.Sprintf("%.0f req/s", km.rps), fmt.Sprintf("p99 %s; %d keys, every request verified", km.p99, *keysTotal))
 	report("forward auth / no-op net/http", ratioText(httpRatios), "target ≥ 80%")
 	report("forward auth / no-op on its own server", ratioText(fastRatios), "what the check itself costs")
+	report(fmt.Sprintf("forward auth p99 at %d keys / no-op net/http p99", *keysTotal), timesText(p99Ratios), "per round; target ≤ 2×")
 	lm, pm := median(kwLim.runs), median(kwPlain.runs)
 	report("forward auth, keys with limits (median round)", fmt.Sprintf("%.0f req/s", lm.rps),
 		fmt.Sprintf("p99 %s; %d keys with a rate and a quota they never reach, RateLimit headers on every answer", lm.p99, limitedKeys))
@@ -823,6 +825,22 @@ func cmpFloat(a, b float64) int {
 // moves both sides of a round together.
 func ratioText(rs []float64) string {
 	return fmt.Sprintf("%.1f%% (rounds %.1f–%.1f%%)", 100*medianOf(rs), 100*slices.Min(rs), 100*slices.Max(rs))
+}
+
+// p99Ratio is a run's p99 latency over another's, as wrk printed them
+// ("1.54ms", "950.00us"); 0 when either cannot be read.
+func p99Ratio(a, b wrkResult) float64 {
+	x, errA := time.ParseDuration(a.p99)
+	y, errB := time.ParseDuration(b.p99)
+	if errA != nil || errB != nil || y == 0 {
+		return 0
+	}
+	return float64(x) / float64(y)
+}
+
+// timesText is the median and range of per-round ratios, as multiples.
+func timesText(rs []float64) string {
+	return fmt.Sprintf("%.2f× (rounds %.2f–%.2f×)", medianOf(rs), slices.Min(rs), slices.Max(rs))
 }
 
 // grpcLoad calls Check from conns goroutines over 4 connections for the

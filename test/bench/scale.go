@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -78,28 +79,44 @@ func scaleRun() error {
 		s.heap, s.rss, s.hwm = heapInUseMiB(s.pprof), rssMiB(s.pid), hwmMiB(s.pid)
 	}
 	small, big := servers[0], servers[len(servers)-1]
-	say("forward auth under wrk: %d rounds of %s on each", *rounds, *duration)
-	var ratios, cpu []float64
+	// The latency baseline, in the same rounds: an empty handler on
+	// net/http, pinned as the servers are.
+	noopCmd, err := start(filepath.Join(*bin, "bench-noop"), "--http-address", "127.0.0.1:8385",
+		"--grpc-address", "127.0.0.1:8386", "--fasthttp-address", "127.0.0.1:8387")
+	if err != nil {
+		return err
+	}
+	defer stop(noopCmd)
+	time.Sleep(300 * time.Millisecond)
+	noop := &server{url: "http://127.0.0.1:8385", tokens: small.tokens, cmd: noopCmd, pid: noopCmd.Process.Pid}
+	targets := append(slices.Clone(servers), noop)
+	say("forward auth under wrk: %d rounds of %s on each, and on a no-op net/http server", *rounds, *duration)
+	var ratios, cpu, p99Small, p99Big []float64
 	for round := range *rounds {
-		for i := range servers {
-			s := servers[(round+i)%len(servers)]
+		for i := range targets {
+			s := targets[(round+i)%len(targets)]
 			r, err := wrk(s.url, s.tokens, s.pid)
 			if err != nil {
 				return err
 			}
-			if r.non2xx > 0 {
+			if r.non2xx > 0 && s != noop {
 				return fmt.Errorf("bench-inproc with %d keys answered %d requests with other than 200", s.keys, r.non2xx)
 			}
 			s.runs = append(s.runs, r)
 		}
 		ratios = append(ratios, big.runs[round].rps/small.runs[round].rps)
 		cpu = append(cpu, small.runs[round].cpuPerRequest()/big.runs[round].cpuPerRequest())
+		p99Small = append(p99Small, p99Ratio(small.runs[round], noop.runs[round]))
+		p99Big = append(p99Big, p99Ratio(big.runs[round], noop.runs[round]))
 	}
 	sm, bm := median(small.runs), median(big.runs)
 	report(fmt.Sprintf("forward auth, %d keys in the index (median round)", small.keys), fmt.Sprintf("%.0f req/s", sm.rps), "p99 "+sm.p99)
 	report(fmt.Sprintf("forward auth, %d keys in the index (median round)", big.keys), fmt.Sprintf("%.0f req/s", bm.rps),
 		"p99 "+bm.p99+"; 10,000 of its keys, spread over it, in turn")
 	report(fmt.Sprintf("forward auth at %d keys / at %d", big.keys, small.keys), ratioText(ratios), "target ≥ 90%")
+	report("no-op net/http server (median round)", fmt.Sprintf("%.0f req/s", median(noop.runs).rps), "p99 "+median(noop.runs).p99)
+	report(fmt.Sprintf("forward auth p99 at %d keys / no-op net/http p99", small.keys), timesText(p99Small), "per round; target ≤ 2×")
+	report(fmt.Sprintf("forward auth p99 at %d keys / no-op net/http p99", big.keys), timesText(p99Big), "per round")
 	report("forward auth CPU per request, small index / large", ratioText(cpu),
 		fmt.Sprintf("%.1f µs at %d keys, %.1f µs at %d", medianOf(cpuOf(big.runs)), big.keys, medianOf(cpuOf(small.runs)), small.keys))
 	perKey := (big.heap - small.heap) * (1 << 20) / float64(big.keys-small.keys)
