@@ -128,8 +128,8 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 			Name:    fmt.Sprintf("keyward index %T %s", src.obj, src.ns),
 			Backoff: watchBackoff(),
 		})
-		// Pages of 500: a replica starting with 100,000 keys never holds
-		// the whole list as one response.
+		// Pages (ListPageSize): a replica starting with 100,000 keys never
+		// holds the whole list as one response.
 		r.WatchListPageSize = ListPageSize
 		go r.RunWithContext(ctx)
 		pending = append(pending, st)
@@ -208,7 +208,16 @@ func (w *stampedWatch) Stop() {
 
 // ListPageSize is how many objects one list page holds (a variable for
 // tests, which list a handful of keys in several pages).
-var ListPageSize int64 = 500
+//
+// 5,000, not client-go's 500: the API server's watch cache collects, for
+// every page, every object from the page's continue key to the end of the
+// resource before it cuts the page (k8s.io/apiserver v0.37,
+// btreeStore.OrderedListPrefix), so a paged list costs it in proportion to
+// the square of the keys over the page size. With pages of 500, 100,000
+// keys cost the API server 157-176 µs of CPU an object, 40,000 keys 73;
+// with 5,000, 112 and 66 (docs/benchmarks.md). A page of 5,000 ApiKeys is
+// a few MiB decoded, and the replica holds one page of each kind at a time.
+var ListPageSize int64 = 5000
 
 // ListPages is how many list pages the index has been fed.
 func (ix *Index) ListPages() int64 { return ix.pages.Load() }
