@@ -196,3 +196,16 @@ func TestRecordLayout(t *testing.T) {
 		}
 	}
 }
+
+// TestListPageBoundsATenantsMemory: a replica decodes one list page of
+// ApiKeys at a time, and a tenant with edit in its namespace can give each
+// ApiKey up to 256 KiB of annotations (the API server's limit); a page of
+// them must fit well inside the replica's 320 Mi memory limit
+// (config/manager/authn.yaml), beside its index.
+func TestListPageBoundsATenantsMemory(t *testing.T) {
+	const annotationLimit, budget = 256 << 10, 128 << 20
+	if ListPageSize*annotationLimit > budget {
+		t.Fatalf("a page of %d ApiKeys can hold %d MiB of a tenant's annotations; keep it within %d MiB, or bound an ApiKey's size first",
+			ListPageSize, ListPageSize*annotationLimit>>20, budget>>20)
+	}
+}

@@ -209,15 +209,16 @@ func (w *stampedWatch) Stop() {
 // ListPageSize is how many objects one list page holds (a variable for
 // tests, which list a handful of keys in several pages).
 //
-// 5,000, not client-go's 500: the API server's watch cache collects, for
-// every page, every object from the page's continue key to the end of the
-// resource before it cuts the page (k8s.io/apiserver v0.37,
-// btreeStore.OrderedListPrefix), so a paged list costs it in proportion to
-// the square of the keys over the page size. With pages of 500, 100,000
-// keys cost the API server 157-176 µs of CPU an object, 40,000 keys 73;
-// with 5,000, 112 and 66 (docs/benchmarks.md). A page of 5,000 ApiKeys is
-// a few MiB decoded, and the replica holds one page of each kind at a time.
-var ListPageSize int64 = 5000
+// A replica holds one page of each kind at a time, and a page of ApiKeys is
+// what tenants wrote: anyone with edit in a namespace can give each of
+// theirs up to 256 KiB of annotations. 500 such ApiKeys are 128 MiB, which
+// the replica's 320 Mi limit absorbs; 5,000 would be over a GiB, and a
+// replica killed for it would restart into the same list. Larger pages
+// would spare the API server work (its watch cache walks every object from
+// a page's start to the end of the resource for each page, so paging costs
+// it the square of the keys over the page size: docs/benchmarks.md), but
+// not before an ApiKey's size is bounded (TestListPageBoundsATenantsMemory).
+var ListPageSize int64 = 500
 
 // ListPages is how many list pages the index has been fed.
 func (ix *Index) ListPages() int64 { return ix.pages.Load() }
