@@ -215,7 +215,7 @@ func endpointRun() error {
 		return err
 	}
 	loaded := time.Now()
-	apiCPU := cpuTime(childPID("kube-apiserver")) + cpuTime(childPID("etcd"))
+	apiCPU := controlPlaneCPU()
 	if err := waitReady("http://127.0.0.1:8291/readyz", *keysTotal, ""); err != nil {
 		stop(fresh)
 		return err
@@ -223,7 +223,7 @@ func endpointRun() error {
 	took := time.Since(loaded)
 	// Who the load time is spent in: the replica decoding, or the API
 	// server and etcd serving the pages.
-	replicaCPU, apiCPU := cpuTime(fresh.Process.Pid), cpuTime(childPID("kube-apiserver"))+cpuTime(childPID("etcd"))-apiCPU
+	replicaCPU, apiCPU := cpuTime(fresh.Process.Pid), controlPlaneCPU()-apiCPU
 	settle()
 	report("memory of a replica started with the keys", fmt.Sprintf("%.1f MiB RSS", rssMiB(fresh.Process.Pid)),
 		fmt.Sprintf("%d keys loaded in %s (CPU: the replica %s, API server and etcd %s); Go heap in use %.1f MiB; peak %.1f MiB while loading", *keysTotal,
@@ -549,19 +549,35 @@ func startControlPlane() (*envtest.Environment, *rest.Config, error) {
 	return testenv.Start()
 }
 
+// controlPlanePIDs are this process's API server and etcd, those running.
+func controlPlanePIDs() []int {
+	var pids []int
+	for _, name := range []string{"etcd", "kube-apiserver"} {
+		if pid := childPID(name); pid != 0 {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// controlPlaneCPU is the CPU time this process's API server and etcd have
+// used.
+func controlPlaneCPU() (d time.Duration) {
+	for _, pid := range controlPlanePIDs() {
+		d += cpuTime(pid)
+	}
+	return d
+}
+
 // niceChildren sets the nice value of every thread of this process's API
 // server and etcd (threads they start later inherit it).
 func niceChildren(n int) {
-	for _, name := range []string{"etcd", "kube-apiserver"} {
-		pid := childPID(name)
-		if pid == 0 {
-			continue
-		}
+	for _, pid := range controlPlanePIDs() {
 		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/[0-9]*", pid))
 		for _, task := range tasks {
 			tid, _ := strconv.Atoi(filepath.Base(task))
 			if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, n); err != nil {
-				fmt.Fprintf(os.Stderr, "bench: nice %d %s thread %d: %v\n", n, name, tid, err)
+				fmt.Fprintf(os.Stderr, "bench: nice %d process %d thread %d: %v\n", n, pid, tid, err)
 			}
 		}
 	}
@@ -570,14 +586,9 @@ func niceChildren(n int) {
 // pinChildren pins this process's API server and etcd to cpus (not the
 // endpoints it started, which stay where start put them).
 func pinChildren(cpus string) {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, st := range stats {
-		pid := filepath.Base(filepath.Dir(st))
-		name, f := procStat(pid)
-		if (name == "etcd" || name == "kube-apiserver") && len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
-			if out, err := exec.Command("taskset", "-apc", cpus, pid).CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "bench: pin %s to CPUs %s: %v %s\n", pid, cpus, err, out)
-			}
+	for _, pid := range controlPlanePIDs() {
+		if out, err := exec.Command("taskset", "-apc", cpus, strconv.Itoa(pid)).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: pin %d to CPUs %s: %v %s\n", pid, cpus, err, out)
 		}
 	}
 }
@@ -644,8 +655,7 @@ func revocation(ctx context.Context, c client.Client, endpoint, first int, archi
 	// Under load: wrk sends the keys that stay valid at the endpoint while
 	// the archivals are made (as in production, revocation competes with
 	// checks for the endpoint's CPU).
-	apiserver, etcd := childPID("kube-apiserver"), childPID("etcd")
-	controlPlaneCPU := func() time.Duration { return cpuTime(apiserver) + cpuTime(etcd) }
+
 	// Measured in the steady state: after creating thousands of keys the
 	// API server and etcd work on for a while (writing the watch cache,
 	// collecting garbage, compacting), and a revocation then would time
