@@ -75,7 +75,7 @@ chart-files:
 	@cp config/crd/bases/*.yaml $(CHART_FILES)/crds/
 	@cp config/rbac/role.yaml config/rbac/roles_for_people.yaml $(CHART_FILES)/rbac/
 	@cp config/rbac/authn/role.yaml $(CHART_FILES)/rbac/authn-role.yaml
-	@cp config/admission/admission.yaml config/admission/records.yaml config/admission/namespaces.yaml config/admission-finalizer/finalizer.yaml $(CHART_FILES)/admission/
+	@cp config/admission/admission.yaml config/admission/records.yaml config/admission/namespaces.yaml config/admission/size.yaml config/admission-finalizer/finalizer.yaml $(CHART_FILES)/admission/
 	@cp config/prometheus/rules.yaml config/grafana/dashboard.json $(CHART_FILES)/monitoring/
 	@cp docs/argocd/apikey-health.lua $(CHART_FILES)/argocd/
 

@@ -198,14 +198,15 @@ func TestRecordLayout(t *testing.T) {
 }
 
 // TestListPageBoundsATenantsMemory: a replica decodes one list page of
-// ApiKeys at a time, and a tenant with edit in its namespace can give each
-// ApiKey up to 256 KiB of annotations (the API server's limit); a page of
-// them must fit well inside the replica's 320 Mi memory limit
-// (config/manager/authn.yaml), beside its index.
+// ApiKeys at a time, holding the response and the objects decoded from it
+// at once, and a tenant with edit in its namespace can make each ApiKey
+// MaxApiKeyBytes (config/admission/size.yaml bounds it; without that
+// policy, 1.5 MiB). A page must fit well inside the replica's 320 Mi
+// memory limit (config/manager/authn.yaml), beside its index.
 func TestListPageBoundsATenantsMemory(t *testing.T) {
-	const annotationLimit, budget = 256 << 10, 128 << 20
-	if ListPageSize*annotationLimit > budget {
-		t.Fatalf("a page of %d ApiKeys can hold %d MiB of a tenant's annotations; keep it within %d MiB, or bound an ApiKey's size first",
-			ListPageSize, ListPageSize*annotationLimit>>20, budget>>20)
+	const budget = 128 << 20
+	if page := ListPageSize * MaxApiKeyBytes * 2; page > budget {
+		t.Fatalf("a page of %d ApiKeys of %d KiB, with its response, can take %d MiB of a tenant's making; keep it within %d MiB",
+			ListPageSize, MaxApiKeyBytes>>10, page>>20, budget>>20)
 	}
 }

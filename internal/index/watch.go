@@ -210,15 +210,24 @@ func (w *stampedWatch) Stop() {
 // tests, which list a handful of keys in several pages).
 //
 // A replica holds one page of each kind at a time, and a page of ApiKeys is
-// what tenants wrote: anyone with edit in a namespace can give each of
-// theirs up to 256 KiB of annotations. 500 such ApiKeys are 128 MiB, which
-// the replica's 320 Mi limit absorbs; 5,000 would be over a GiB, and a
-// replica killed for it would restart into the same list. Larger pages
+// what tenants wrote. Kubernetes alone lets an object grow to etcd's
+// 1.5 MiB through its metadata; config/admission/size.yaml bounds what a
+// tenant can add to an ApiKey, so that the largest is MaxApiKeyBytes
+// (test/tenancy writes it and measures it). A page of those, with the
+// response it was decoded from, must fit the replica's 320 Mi limit beside
+// its index (TestListPageBoundsATenantsMemory), or a tenant could have a
+// replica killed, and it would restart into the same list. Larger pages
 // would spare the API server work (its watch cache walks every object from
 // a page's start to the end of the resource for each page, so paging costs
-// it the square of the keys over the page size: docs/benchmarks.md), but
-// not before an ApiKey's size is bounded (TestListPageBoundsATenantsMemory).
+// it the square of the keys over the page size: docs/benchmarks.md).
 var ListPageSize int64 = 500
+
+// MaxApiKeyBytes is the largest ApiKey, as the API server sends it in
+// JSON, that a tenant can write past the bounds of
+// config/admission/size.yaml: every bound reached at once, the largest spec
+// the CRD takes, three server-side-apply managers and keyward's status.
+// test/tenancy fails if it can write a larger one.
+const MaxApiKeyBytes = 128 << 10
 
 // ListPages is how many list pages the index has been fed.
 func (ix *Index) ListPages() int64 { return ix.pages.Load() }

@@ -50,6 +50,9 @@ var (
 	authnMetrics, ctrlMetrics    string
 	controllerToken, readerToken string
 	metricsDir                   string
+	// A kubeconfig of a cluster admin, for the real kubectl (which
+	// impersonates tenants with --as).
+	adminKubeconfig string
 )
 
 func TestMain(m *testing.M) {
@@ -83,11 +86,11 @@ func run(m *testing.M) int {
 	if err != nil {
 		return fail(err)
 	}
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+	adminKubeconfig = filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(adminKubeconfig, kc, 0o600); err != nil {
 		return fail(err)
 	}
-	stopKCM, err := app.StartKCM(os.Getenv("KUBEBUILDER_ASSETS"), dir, kubeconfig, nil)
+	stopKCM, err := app.StartKCM(os.Getenv("KUBEBUILDER_ASSETS"), dir, adminKubeconfig, nil)
 	if err != nil {
 		return fail(err)
 	}

@@ -32,7 +32,7 @@ Arguments: (list $ "files/path.yaml" annotations-dict).
 {{- $annotations := index . 2 -}}
 {{- $text := $root.Files.Get (index . 1) -}}
 {{- if not $text }}{{ fail (printf "chart file %s is missing" (index . 1)) }}{{ end -}}
-{{- /* The records policy names the controller's ServiceAccount by namespace. */ -}}
+{{- /* The records and size policies name the controller's ServiceAccount by namespace. */ -}}
 {{- $text = replace "system:serviceaccount:keyward-system:" (printf "system:serviceaccount:%s:" $root.Release.Namespace) $text -}}
 {{- range $doc := regexSplit "(?m)^---[ \t]*$" $text -1 }}
 {{- $obj := fromYaml $doc }}
