@@ -3,9 +3,13 @@ package controllers
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kw "keyward.dev/keyward/api/v1alpha1"
@@ -61,5 +65,43 @@ func TestCacheDropsLastAppliedConfiguration(t *testing.T) {
 	live = get(t, ns, "applied", &kw.ApiKey{})
 	if got := live.Annotations[corev1.LastAppliedConfigAnnotation]; got != applied || live.Annotations["team"] != "payments" {
 		t.Fatalf("after archival the API server holds %v, want the applied manifest and the team's annotation", live.Annotations)
+	}
+}
+
+// TestCacheKeepsOnlyKeywardsMetadataOfSecrets: the controller caches every
+// Secret labelled app.kubernetes.io/managed-by=keyward, and anyone who may
+// create a Secret can set that label, with 256 KiB of annotations and any
+// number of labels beside it. The cache keeps of each only the labels and
+// annotations keyward writes, so a planted Secret costs the controller a
+// few hundred bytes; keyward's own Secrets keep what it reads.
+func TestCacheKeepsOnlyKeywardsMetadataOfSecrets(t *testing.T) {
+	ns := namespace(t)
+	m := startManager(t, ns)
+	ctx := context.Background()
+
+	planted := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "planted",
+		Labels:      map[string]string{kw.LabelManagedBy: kw.ManagedByValue},
+		Annotations: map[string]string{"ballast": strings.Repeat("x", 200<<10)}}}
+	for i := range 100 {
+		planted.Labels[fmt.Sprintf("ballast-%03d", i)] = strings.Repeat("y", 63)
+	}
+	create(t, planted)
+	create(t, newKey(ns, "own"))
+	waitReason(t, ns, "own", kw.ReasonIssued)
+
+	cached := secretMetadata()
+	eventually(t, 10*time.Second, "the planted Secret in the cache", func() (bool, string) {
+		err := m.mgr.GetClient().Get(ctx, client.ObjectKey{Namespace: ns, Name: "planted"}, cached)
+		return err == nil, fmt.Sprint(err)
+	})
+	if len(cached.Annotations) != 0 || len(cached.Labels) != 1 || cached.Labels[kw.LabelManagedBy] != kw.ManagedByValue {
+		t.Fatalf("cached planted Secret: %d annotations, labels %v; want only %s", len(cached.Annotations), cached.Labels, kw.LabelManagedBy)
+	}
+	own := secretMetadata()
+	if err := m.mgr.GetClient().Get(ctx, client.ObjectKey{Namespace: ns, Name: "own-apikey"}, own); err != nil {
+		t.Fatal(err)
+	}
+	if own.Labels[kw.LabelApiKey] != "own" || own.Annotations[kw.AnnotationKeyID] == "" || own.Annotations[kw.AnnotationGeneration] == "" {
+		t.Fatalf("keyward's own Secret lost what the controller reads: labels %v, annotations %v", own.Labels, own.Annotations)
 	}
 }

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"errors"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -60,6 +61,14 @@ func stripForCache(in any) (any, error) {
 	if err != nil {
 		return out, err
 	}
+	if m, ok := out.(*metav1.PartialObjectMetadata); ok {
+		// Only Secrets are cached as metadata, and the label selector is
+		// no proof they are keyward's: anyone who may create a Secret can
+		// label one app.kubernetes.io/managed-by=keyward and give it 256
+		// KiB of annotations. Keep only what the controller reads.
+		m.Labels, m.Annotations = keywardOnly(m.Labels), keywardOnly(m.Annotations)
+		return m, nil
+	}
 	if o, ok := out.(metav1.Object); ok {
 		if a := o.GetAnnotations(); a != nil {
 			if _, ok := a[corev1.LastAppliedConfigAnnotation]; ok {
@@ -71,6 +80,21 @@ func stripForCache(in any) (any, error) {
 		}
 	}
 	return out, nil
+}
+
+// keywardOnly is the entries of m that keyward writes: keyward.dev/ keys
+// and the managed-by label; nil when there are none.
+func keywardOnly(m map[string]string) map[string]string {
+	var keep map[string]string
+	for k, v := range m {
+		if strings.HasPrefix(k, kw.GroupVersion.Group+"/") || k == kw.LabelManagedBy {
+			if keep == nil {
+				keep = make(map[string]string, 4)
+			}
+			keep[k] = v
+		}
+	}
+	return keep
 }
 
 // NewClient is the controller's client: client.New, except that its cache
