@@ -147,9 +147,9 @@ func TestTenantsCannotInflateApiKeys(t *testing.T) {
 		// the longest name.
 		name := pad("largest", 63, 63)
 		k := key(name)
-		k.Labels = labels(32, 65, 63) // 4,096 bytes
+		k.Labels = labels(32, 65, 63)            // 4,096 bytes
 		k.Annotations = annotations(32, 63, 705) // 2,016 bytes of keys, 24,576 in all
-		k.Finalizers = finalizers(7) // keyward adds its own
+		k.Finalizers = finalizers(7)             // keyward adds its own
 		k.OwnerReferences = owners(t, 8)
 		k.Spec.DisplayName = strings.Repeat("€", 128)
 		k.Spec.Description = strings.Repeat("€", 1024)
