@@ -3,6 +3,7 @@ package tenancy
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -85,13 +86,16 @@ func TestTenantsCannotInflateApiKeys(t *testing.T) {
 	t.Run("on update", func(t *testing.T) {
 		must(t, bella.Create(ctx, key("grower")))
 		for _, c := range []struct {
-			what, patch, says string
+			what     string
+			metadata map[string]any
+			says     string
 		}{
-			{"33 labels", `{"metadata":{"labels":` + jsonMap(labels(33, 8, 8)) + `}}`, "has 33 labels"},
-			{"24 KiB of annotations", `{"metadata":{"annotations":` + jsonMap(annotations(4, 20, 8200)) + `}}`, "bytes of annotations"},
-			{"9 finalizers", `{"metadata":{"finalizers":` + jsonList(finalizers(9)) + `}}`, "has 9 finalizers"},
+			{"33 labels", map[string]any{"labels": labels(33, 8, 8)}, "has 33 labels"},
+			{"24 KiB of annotations", map[string]any{"annotations": annotations(4, 20, 8200)}, "bytes of annotations"},
+			{"9 finalizers", map[string]any{"finalizers": finalizers(9)}, "has 9 finalizers"},
 		} {
-			err := bella.Patch(ctx, key("grower"), client.RawPatch(types.MergePatchType, []byte(c.patch)))
+			patch := mustJSON(t, map[string]any{"metadata": c.metadata})
+			err := bella.Patch(ctx, key("grower"), client.RawPatch(types.MergePatchType, patch))
 			refused(t, c.what, err, c.says)
 		}
 	})
@@ -107,9 +111,9 @@ func TestTenantsCannotInflateApiKeys(t *testing.T) {
 		if err == nil {
 			t.Fatalf("a fourth manager was accepted:\n%s", out)
 		}
-		refused(t, "a fourth manager", fmt.Errorf("%s", out), "would have 4 server-side-apply field managers")
+		refused(t, "a fourth manager", errors.New(out), "would have 4 server-side-apply field managers")
 		for i := 1; i <= 3; i++ {
-			refused(t, "a fourth manager", fmt.Errorf("%s", out), fmt.Sprintf("tool-%d", i))
+			refused(t, "a fourth manager", errors.New(out), fmt.Sprintf("tool-%d", i))
 		}
 		// The way out the message gives: forget the managers, then apply.
 		if out, err := kubectl(t, "", "-n", "bloat", "patch", "apikey", "appliers", "--type=merge",
@@ -303,29 +307,6 @@ func owners(t *testing.T, n int) []metav1.OwnerReference {
 		o = append(o, metav1.OwnerReference{APIVersion: "v1", Kind: "ConfigMap", Name: cm.Name, UID: cm.UID})
 	}
 	return o
-}
-
-func jsonMap(m map[string]string) string {
-	var b strings.Builder
-	b.WriteString("{")
-	i := 0
-	for k, v := range m {
-		if i > 0 {
-			b.WriteString(",")
-		}
-		fmt.Fprintf(&b, "%q:%q", k, v)
-		i++
-	}
-	b.WriteString("}")
-	return b.String()
-}
-
-func jsonList(l []string) string {
-	q := make([]string, len(l))
-	for i, s := range l {
-		q[i] = fmt.Sprintf("%q", s)
-	}
-	return "[" + strings.Join(q, ",") + "]"
 }
 
 // applyManifest is an ApiKey manifest in namespace bloat.
