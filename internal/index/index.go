@@ -301,6 +301,33 @@ func (ix *Index) Probe(id string) (e Entry, found bool) {
 	return e, hit == 1
 }
 
+// Footprint names the memory of the index a probe of key ID id reads,
+// beyond the key ID itself: its shard, its table's two buckets (in
+// ascending order) and the entry the probe ends on, its own or, for a key
+// ID the index does not hold, its decoy. The timing tests use it to
+// compare known and unknown key IDs over the same memory
+// (internal/authn/timing_test.go); checks do not.
+type Footprint struct {
+	Shard   uint8
+	Buckets [2]uint64
+	Entry   uint64
+}
+
+// Footprint returns the footprint of a probe of key ID id, false for a
+// key ID no probe looks up.
+func (ix *Index) Footprint(id string) (Footprint, bool) {
+	k, valid := keyOf(id)
+	if !valid || k == (idKey{}) {
+		return Footprint{}, false
+	}
+	no := ix.shardNo(&k)
+	s := &ix.shards[no]
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	b1, b2, entry := s.m.footprint(&k)
+	return Footprint{Shard: no, Buckets: [2]uint64{min(b1, b2), max(b1, b2)}, Entry: entry}, true
+}
+
 // Count records one check of a known key at now. A key that left the
 // index since its lookup (removed, or taken over by another ApiKey) is not
 // counted: it has no counters any more.

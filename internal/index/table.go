@@ -9,6 +9,7 @@ import (
 	"math/bits"
 	"math/rand/v2"
 	"runtime"
+	"unsafe"
 )
 
 // table maps key IDs to slots, as a map[idKey]slot would, except that a
@@ -224,4 +225,15 @@ func (t *table) each(fn func(k *idKey, v *slot)) {
 			}
 		}
 	}
+}
+
+// footprint is the table memory a probe of key ID k reads: its two
+// buckets, and the entry it ends on (bucket*bucketSize + position), found
+// where probe itself points, so that it cannot drift from probe.
+func (t *table) footprint(k *idKey) (b1, b2, entry uint64) {
+	b1, b2 = t.buckets(t.hash(k))
+	sl, _, _, _ := t.probe(k)
+	base := uintptr(unsafe.Pointer(&t.vals[0][0]))
+	entry = uint64((uintptr(unsafe.Pointer(sl)) - base) / unsafe.Sizeof(slot{}))
+	return b1, b2, entry
 }

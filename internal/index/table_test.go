@@ -52,6 +52,14 @@ func TestTableAgainstMap(t *testing.T) {
 			case !ok && hit != 0:
 				t.Fatalf("%s: probe(%s) hit a key ID the table does not hold", step, k.String())
 			}
+			// The footprint names the buckets and the entry the probe read.
+			b1, b2, entry := tab.footprint(&k)
+			if b := entry / bucketSize; b != b1 && b != b2 || &tab.vals[b][entry%bucketSize] != sl {
+				t.Fatalf("%s: footprint(%s) = %d, %d, entry %d; the probe read another entry", step, k.String(), b1, b2, entry)
+			}
+			if fb, fi, ok := tab.find(&k); ok && entry != fb*bucketSize+uint64(fi) {
+				t.Fatalf("%s: footprint(%s) names entry %d; the key ID is at %d", step, k.String(), entry, fb*bucketSize+uint64(fi))
+			}
 		}
 	}
 	for step := range 120_000 {

@@ -42,9 +42,18 @@ const dirtyBit = int64(1) << 62
 // for the next report.
 func (u *Usage) count(o Outcome, now time.Time, n uint64) {
 	u.n[o].Add(n) // n is 0 for a decoy (Index.CountProbed): the same write, no count
-	if o == Allowed {
+	switch {
+	case o == Allowed:
 		u.lastUsed.Store(now.UnixNano() | dirtyBit)
-	} else if u.lastUsed.Load()&dirtyBit == 0 && n != 0 {
+	case o == WrongSecret:
+		// A wrong secret, for a key or for an unknown key ID's decoy (n
+		// 0, marking nothing), writes the mark whether or not it is set.
+		// Skipping the write when it is set, as below, made a key's first
+		// wrong secret after a usage report an atomic write slower than
+		// an unknown key ID's (TestTimingUnknownKeyID).
+		u.lastUsed.Or(dirtyBit * int64(n))
+	case u.lastUsed.Load()&dirtyBit == 0:
+		// The secret matched: only the key's holder learns of this write.
 		u.lastUsed.Or(dirtyBit)
 	}
 }
