@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,16 +30,16 @@ func TestRestrictedScopesAtAdmission(t *testing.T) {
 	if _, err := manifests.ApplyDir(ctx, cfg, testenv.Root()+"/config/policy"); err != nil {
 		t.Fatal(err)
 	}
-	// A second policy: billing scopes only where billing=enabled, or in
+	// A second policy: billing scopes only where keyward.dev/billing=enabled, or in
 	// namespaces whose tier is gold or platinum.
 	billing := &kw.ApiKeyPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: "billing"},
 		Spec: kw.ApiKeyPolicySpec{
 			RestrictedScopes: []kw.Scope{"billing:*"},
 			Allow: []kw.PolicyRule{
-				{NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{"billing": "enabled"}}, Scopes: []kw.Scope{"billing:*"}},
+				{NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{"keyward.dev/billing": "enabled"}}, Scopes: []kw.Scope{"billing:*"}},
 				{NamespaceSelector: metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
-					{Key: "tier", Operator: metav1.LabelSelectorOpIn, Values: []string{"gold", "platinum"}}}}, Scopes: []kw.Scope{"billing:read"}},
+					{Key: "keyward.dev/tier", Operator: metav1.LabelSelectorOpIn, Values: []string{"gold", "platinum"}}}}, Scopes: []kw.Scope{"billing:read"}},
 			},
 		},
 	}
@@ -58,9 +59,9 @@ func TestRestrictedScopesAtAdmission(t *testing.T) {
 	}
 	plain := ns("plain", nil)
 	writer := ns("writer", map[string]string{"keyward.dev/write-access": "true"})
-	biller := ns("biller", map[string]string{"billing": "enabled"})
-	gold := ns("gold", map[string]string{"tier": "gold", "keyward.dev/write-access": "true"})
-	goldBiller := ns("gold-biller", map[string]string{"billing": "enabled", "keyward.dev/write-access": "true"})
+	biller := ns("biller", map[string]string{"keyward.dev/billing": "enabled"})
+	gold := ns("gold", map[string]string{"keyward.dev/tier": "gold", "keyward.dev/write-access": "true"})
+	goldBiller := ns("gold-biller", map[string]string{"keyward.dev/billing": "enabled", "keyward.dev/write-access": "true"})
 
 	createKey := func(ns, name string, scopes ...kw.Scope) error {
 		return c.Create(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: kw.ApiKeySpec{Scopes: scopes}})
@@ -98,7 +99,7 @@ func TestRestrictedScopesAtAdmission(t *testing.T) {
 		{"full access past a narrower policy", writer, []kw.Scope{"*"}, "scope * is restricted by ApiKeyPolicy billing and namespace writer may not grant it"},
 		{"a wildcard segment past a narrower policy", writer, []kw.Scope{"*:read"}, "scope *:read is restricted by ApiKeyPolicy billing"},
 		{"full access where every policy allows it", goldBiller, []kw.Scope{"*"}, ""},
-		{"billing where only write is allowed", writer, []kw.Scope{"billing:read"}, "scope billing:read is restricted by ApiKeyPolicy billing and namespace writer may not grant it; a cluster administrator can allow it with: kubectl label namespace writer billing=enabled"},
+		{"billing where only write is allowed", writer, []kw.Scope{"billing:read"}, "scope billing:read is restricted by ApiKeyPolicy billing and namespace writer may not grant it; a cluster administrator can allow it with: kubectl label namespace writer keyward.dev/billing=enabled"},
 		{"billing where billing is enabled", biller, []kw.Scope{"billing:read", "billing:refund"}, ""},
 		{"both policies must pass", biller, []kw.Scope{"billing:read", "billing:write"}, "scope billing:write is restricted by ApiKeyPolicy default"},
 		{"matchExpressions rule allows read", gold, []kw.Scope{"billing:read", "devices:write"}, ""},
@@ -133,7 +134,7 @@ func TestRestrictedScopesAtAdmission(t *testing.T) {
 
 	t.Run("Go and the API server's CEL agree on generated scopes", func(t *testing.T) {
 		differential(t, map[string]map[string]string{plain: nil, writer: {"keyward.dev/write-access": "true"},
-			biller: {"billing": "enabled"}, gold: {"tier": "gold", "keyward.dev/write-access": "true"}})
+			biller: {"keyward.dev/billing": "enabled"}, gold: {"keyward.dev/tier": "gold", "keyward.dev/write-access": "true"}})
 	})
 
 	t.Run("label removed, then added back", func(t *testing.T) {
@@ -238,7 +239,7 @@ func differential(t *testing.T, namespaces map[string]map[string]string) {
 			if rnd.Intn(3) > 0 {
 				sel.MatchLabels = map[string]string{"keyward.dev/write-access": "true"}
 				if rnd.Intn(2) == 0 {
-					sel.MatchLabels = map[string]string{"tier": "gold"}
+					sel.MatchLabels = map[string]string{"keyward.dev/tier": "gold"}
 				}
 			}
 			pol.Spec.Allow = append(pol.Spec.Allow, kw.PolicyRule{NamespaceSelector: sel, Scopes: patterns(1 + rnd.Intn(3))})
@@ -284,4 +285,151 @@ func differential(t *testing.T, namespaces map[string]map[string]string) {
 		}
 	}
 	t.Logf("%d generated scopes judged alike by the API server and internal/policy", checked)
+}
+
+// TestPolicySelectorsOnlyOnGuardedLabels: an ApiKeyPolicy may select
+// namespaces only by labels tenants cannot set (keyward.dev/ labels, the
+// namespace's name). Any other label can be set by whoever may create or
+// label namespaces, who could then grant their own keys restricted scopes.
+func TestPolicySelectorsOnlyOnGuardedLabels(t *testing.T) {
+	ctx := context.Background()
+	if _, err := manifests.ApplyDir(ctx, cfg, testenv.Root()+"/config/admission"); err != nil {
+		t.Fatal(err)
+	}
+	policyOf := func(name string, sel metav1.LabelSelector) *kw.ApiKeyPolicy {
+		return &kw.ApiKeyPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: kw.ApiKeyPolicySpec{
+			RestrictedScopes: []kw.Scope{"ledger:*"},
+			Allow:            []kw.PolicyRule{{NamespaceSelector: sel, Scopes: []kw.Scope{"ledger:*"}}},
+		}}
+	}
+	expr := func(key string, op metav1.LabelSelectorOperator, values ...string) metav1.LabelSelector {
+		return metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: op, Values: values}}}
+	}
+	for _, name := range []string{"ledger-team", "ledger-free", "ledger-legacy", "ledger-names"} {
+		t.Cleanup(func() { _ = c.Delete(ctx, &kw.ApiKeyPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}) })
+	}
+	// The admission policy takes effect asynchronously: wait for its first
+	// refusal (dry runs).
+	refusal := func(p *kw.ApiKeyPolicy) error {
+		t.Helper()
+		var err error
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if err = c.Create(ctx, p.DeepCopy(), client.DryRunAll); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	t.Run("other labels are refused with what to select on instead", func(t *testing.T) {
+		err := refusal(policyOf("ledger-team", metav1.LabelSelector{MatchLabels: map[string]string{"team": "ledger"}}))
+		for _, want := range []string{"selects on the label team,", "kubectl label namespace NAME keyward.dev/team=", "kubernetes.io/metadata.name"} {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("a selector on team: %v; want a refusal saying %q", err, want)
+			}
+		}
+		for _, sel := range []metav1.LabelSelector{
+			expr("tier", metav1.LabelSelectorOpNotIn, "free"),
+			expr("example.com/sandbox", metav1.LabelSelectorOpDoesNotExist),
+			{MatchLabels: map[string]string{"keyward.dev/ledger": "true", "tier": "gold"}},
+			{MatchLabels: map[string]string{"keyward.dev.example.com/ledger": "true"}},
+		} {
+			if err := c.Create(ctx, policyOf("ledger-free", sel), client.DryRunAll); err == nil || !strings.Contains(err.Error(), "selects on the label") {
+				t.Errorf("selector %v: %v; want a refusal", sel, err)
+			}
+		}
+	})
+	t.Run("keyward.dev/ labels and the namespace's name are accepted", func(t *testing.T) {
+		for _, sel := range []metav1.LabelSelector{
+			{MatchLabels: map[string]string{"keyward.dev/ledger": "true"}},
+			expr("keyward.dev/tier", metav1.LabelSelectorOpNotIn, "free"),
+			{},
+		} {
+			if err := c.Create(ctx, policyOf("ledger-free", sel), client.DryRunAll); err != nil {
+				t.Errorf("selector %v: %v", sel, err)
+			}
+		}
+		if err := c.Create(ctx, policyOf("ledger-names", expr("kubernetes.io/metadata.name", metav1.LabelSelectorOpIn, "ledger-a"))); err != nil {
+			t.Fatal(err)
+		}
+	})
+	for _, name := range []string{"ledger-a", "ledger-b"} {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name,
+			Labels: map[string]string{"tier": "gold"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tryKey := func(ns string) error {
+		return c.Create(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "ledger"},
+			Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"ledger:write"}}}, client.DryRunAll)
+	}
+	t.Run("a policy selecting by the namespace's name", func(t *testing.T) {
+		var err error
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if err = tryKey("ledger-b"); err != nil {
+				break
+			}
+		}
+		if err == nil || !strings.Contains(err.Error(), "restricted by ApiKeyPolicy ledger-names") {
+			t.Fatalf("ledger:write in ledger-b: %v; want a refusal", err)
+		}
+		if err := tryKey("ledger-a"); err != nil {
+			t.Fatalf("ledger:write in ledger-a, named by the policy: %v", err)
+		}
+	})
+	t.Run("a rule written before the check allows nothing", func(t *testing.T) {
+		// As if written before keyward-policy-selectors existed: without
+		// its binding, then the binding back.
+		if err := c.Delete(ctx, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: "keyward-policy-selectors"}}); err != nil {
+			t.Fatal(err)
+		}
+		legacy := policyOf("ledger-legacy", expr("tier", metav1.LabelSelectorOpNotIn, "free"))
+		legacy.Spec.RestrictedScopes = []kw.Scope{"vault:*"}
+		legacy.Spec.Allow[0].Scopes = []kw.Scope{"vault:*"}
+		var err error
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if err = c.Create(ctx, legacy); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatalf("without the binding: %v", err)
+		}
+		if _, err := manifests.ApplyDir(ctx, cfg, testenv.Root()+"/config/admission"); err != nil {
+			t.Fatal(err)
+		}
+		// ledger-a is labelled tier=gold: NotIn free would choose it, and
+		// whoever labels namespaces decides that. The rule allows nothing,
+		// at admission and in Go.
+		vault := func() error {
+			return c.Create(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "ledger-a", Name: "vault"},
+				Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"vault:read"}}}, client.DryRunAll)
+		}
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if err = vault(); err != nil {
+				break
+			}
+		}
+		if err == nil || !strings.Contains(err.Error(), "scope vault:read is restricted by ApiKeyPolicy ledger-legacy") {
+			t.Fatalf("vault:read in ledger-a under a rule on tier: %v; want a refusal", err)
+		}
+		var n corev1.Namespace
+		if err := c.Get(ctx, client.ObjectKey{Name: "ledger-a"}, &n); err != nil {
+			t.Fatal(err)
+		}
+		if denied := policy.Denied([]kw.ApiKeyPolicy{*legacy}, n.Labels, []string{"vault:read"}); len(denied) == 0 {
+			t.Fatal("internal/policy lets a rule on tier allow vault:read")
+		}
+		// Any update of it must now select on guarded labels (the binding
+		// back takes effect asynchronously too).
+		legacy.Spec.Allow[0].Scopes = []kw.Scope{"vault:read"}
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if err = c.Update(ctx, legacy.DeepCopy(), client.DryRunAll); err != nil {
+				break
+			}
+		}
+		if err == nil || !strings.Contains(err.Error(), "selects on the label tier") {
+			t.Fatalf("updating the old rule: %v; want a refusal", err)
+		}
+	})
 }

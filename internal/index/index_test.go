@@ -258,20 +258,20 @@ func TestPoliciesAndNamespaceLabels(t *testing.T) {
 	ix := New()
 	nn := types.NamespacedName{Namespace: "team-a", Name: "robot"}
 	k := key(t)
-	ix.SetNamespace("team-a", map[string]string{"write": "yes"})
+	ix.SetNamespace("team-a", map[string]string{"keyward.dev/write": "yes"})
 	ix.SetApiKey(nn, &ApiKey{UID: testUID(nn), Scopes: []string{"a:read", "a:write"}})
 	ix.SetRecord(nn, &Record{Owner: testUID(nn), Keys: []Key{{ID: k.ID, Digest: k.Digest()}}})
 	scopes := func() string { e, _ := ix.Lookup(k.ID); return e.ScopesHeader()[0] }
 	ix.SetPolicy("writes", &kw.ApiKeyPolicy{ObjectMeta: metav1.ObjectMeta{Name: "writes"}, Spec: kw.ApiKeyPolicySpec{
 		RestrictedScopes: []kw.Scope{"*:write"},
-		Allow: []kw.PolicyRule{{NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{"write": "yes"}},
+		Allow: []kw.PolicyRule{{NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{"keyward.dev/write": "yes"}},
 			Scopes: []kw.Scope{"*:write"}}},
 	}})
 	if got := scopes(); got != "a:read,a:write" {
 		t.Fatalf("allowed namespace: scopes %q", got)
 	}
 	writes := ix.writes.Load()
-	ix.SetNamespace("team-a", map[string]string{"write": "yes"})
+	ix.SetNamespace("team-a", map[string]string{"keyward.dev/write": "yes"})
 	if ix.writes.Load() != writes {
 		t.Fatal("unchanged labels republished the key")
 	}
@@ -279,7 +279,7 @@ func TestPoliciesAndNamespaceLabels(t *testing.T) {
 	if got := scopes(); got != "a:read" {
 		t.Fatalf("label removed: scopes %q, want the write scope gone", got)
 	}
-	ix.SetNamespace("team-a", map[string]string{"write": "yes"})
+	ix.SetNamespace("team-a", map[string]string{"keyward.dev/write": "yes"})
 	if got := scopes(); got != "a:read,a:write" {
 		t.Fatalf("label back: scopes %q", got)
 	}

@@ -2,12 +2,15 @@ package index
 
 import (
 	"encoding/binary"
+	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -294,5 +297,38 @@ func TestWatchKeepsTheQuotaStatus(t *testing.T) {
 	q := quotaOf(quota, "r1")
 	if q.Used != 700 || len(q.Collected) != 1 || q.Collected["K1"] != 300 || !q.ExhaustedUntil.Equal(until.Time) {
 		t.Fatalf("quota read for replica r1: %+v", q)
+	}
+}
+
+// TestWatchKeepsOnlyGuardedNamespaceLabels: whoever may create namespaces
+// may give each 1.5 MiB of labels. The index keeps of a namespace only the
+// labels a policy may select on, as a list page arrives and as a watch
+// event does.
+func TestWatchKeepsOnlyGuardedNamespaceLabels(t *testing.T) {
+	ix := New()
+	st := &indexStore{ix: ix, kind: namespacesKind, synced: make(chan struct{})}
+	ns := func(name string) *corev1.Namespace {
+		labels := map[string]string{"keyward.dev/write-access": "true", "kubernetes.io/metadata.name": name}
+		for i := range 1000 {
+			labels[fmt.Sprintf("inflate-%04d", i)] = strings.Repeat("x", 63)
+		}
+		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels,
+			Annotations: map[string]string{"big": strings.Repeat("y", 200<<10)}}}
+	}
+	st.beginList()
+	st.feed(ns("listed")) // a list page
+	w := ns("watched")
+	slimObject(w) // a watch event (liveWatch)
+	if err := st.Add(w); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"listed", "watched"} {
+		got := ix.nsLabels[name]
+		if len(got) != 2 || got["keyward.dev/write-access"] != "true" || got["kubernetes.io/metadata.name"] != name {
+			t.Errorf("namespace %s: the index keeps %d labels", name, len(got))
+		}
+	}
+	if len(w.Annotations) != 0 || len(w.Labels) != 2 {
+		t.Errorf("a watched namespace keeps %d annotations and %d labels", len(w.Annotations), len(w.Labels))
 	}
 }

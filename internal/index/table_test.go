@@ -210,11 +210,17 @@ func TestRecordLayout(t *testing.T) {
 // at once, and a tenant with edit in its namespace can make each ApiKey
 // MaxApiKeyBytes (config/admission/size.yaml bounds it; without that
 // policy, 1.5 MiB). A page must fit well inside the replica's 320 Mi
-// memory limit (config/manager/authn.yaml), beside its index.
+// memory limit (config/manager/authn.yaml), beside its index. So must a
+// page of namespaces, which whoever may create them can make as large as
+// etcd takes.
 func TestListPageBoundsATenantsMemory(t *testing.T) {
 	const budget = 128 << 20
 	if page := ListPageSize * MaxApiKeyBytes * 2; page > budget {
 		t.Fatalf("a page of %d ApiKeys of %d KiB, with its response, can take %d MiB of a tenant's making; keep it within %d MiB",
 			ListPageSize, MaxApiKeyBytes>>10, page>>20, budget>>20)
+	}
+	if page := NamespacePageSize * MaxObjectBytes * 2; page > budget {
+		t.Fatalf("a page of %d namespaces of %d KiB, with its response, can take %d MiB of a namespace creator's making; keep it within %d MiB",
+			NamespacePageSize, MaxObjectBytes>>10, page>>20, budget>>20)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/internal/policy"
 )
 
 // The auth endpoint reads ApiKeys and their records, the ApiKeyPolicies and
@@ -129,8 +130,12 @@ func Watch(ctx context.Context, cfg *rest.Config, ix *Index, namespaces ...strin
 			Backoff: watchBackoff(),
 		})
 		// Pages (ListPageSize): a replica starting with 100,000 keys never
-		// holds the whole list as one response.
+		// holds the whole list as one response. Namespaces come in smaller
+		// pages: nothing bounds what their creators put in them.
 		r.WatchListPageSize = ListPageSize
+		if src.kind == namespacesKind {
+			r.WatchListPageSize = min(ListPageSize, NamespacePageSize)
+		}
 		go r.RunWithContext(ctx)
 		pending = append(pending, st)
 	}
@@ -228,6 +233,19 @@ var ListPageSize int64 = 500
 // the CRD takes, three server-side-apply managers and keyward's status.
 // test/tenancy fails if it can write a larger one.
 const MaxApiKeyBytes = 128 << 10
+
+// NamespacePageSize is how many namespaces one list page holds at most.
+// Whoever may create namespaces (self-service namespaces) may make each as
+// large as etcd takes, MaxObjectBytes, through labels and annotations: a
+// page of those with its response must fit the same budget as a page of
+// ApiKeys (TestListPageBoundsATenantsMemory). Of each namespace the index
+// keeps only the labels a policy may select on (policy.Guarded). A cluster
+// of 5,000 namespaces lists them in 125 requests when a replica starts.
+const NamespacePageSize = 40
+
+// MaxObjectBytes is the largest object the API server stores: etcd's
+// default request limit (--max-request-bytes), 1.5 MiB.
+const MaxObjectBytes = 3 << 19
 
 // ListPages is how many list pages the index has been fed.
 func (ix *Index) ListPages() int64 { return ix.pages.Load() }
@@ -337,7 +355,7 @@ func (s *indexStore) set(o any) {
 		}
 	case namespacesKind:
 		if n, ok := o.(*corev1.Namespace); ok {
-			labels := n.Labels
+			labels := policy.GuardedLabels(n.Labels)
 			if labels == nil {
 				labels = map[string]string{}
 			}
@@ -452,6 +470,9 @@ func slimObject(o client.Object) {
 		}
 		o.Status = keep
 	case *corev1.Namespace:
+		// Of a namespace's labels only those a policy may select on: who
+		// may create namespaces may give each 1.5 MiB of other labels.
 		o.Spec, o.Status = corev1.NamespaceSpec{}, corev1.NamespaceStatus{}
+		o.Labels = policy.GuardedLabels(o.Labels)
 	}
 }

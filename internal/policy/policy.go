@@ -16,6 +16,7 @@ package policy
 import (
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -129,8 +130,54 @@ func deniedBy(restricted, allowed []kw.Scope, s string) bool {
 }
 
 // selects reports whether a label selector chooses a namespace; a selector
-// that does not parse chooses nothing (the API server validates them).
+// that does not parse chooses nothing (the API server validates them), nor
+// does one on a label that is not Guarded (admission refuses those; one
+// written before that rule allows nothing, here as at admission).
 func selects(sel *metav1.LabelSelector, nsLabels map[string]string) bool {
+	for k := range sel.MatchLabels {
+		if !Guarded(k) {
+			return false
+		}
+	}
+	for _, e := range sel.MatchExpressions {
+		if !Guarded(e.Key) {
+			return false
+		}
+	}
 	s, err := metav1.LabelSelectorAsSelector(sel)
 	return err == nil && s.Matches(labels.Set(nsLabels))
+}
+
+// ConsentPrefix begins the namespace labels that grant restricted scopes.
+// Setting, changing or removing one needs the right to update
+// ApiKeyPolicies (the keyward-namespace-consent admission policy).
+const ConsentPrefix = "keyward.dev/"
+
+// Guarded reports whether an ApiKeyPolicy may select namespaces by label
+// key: a keyward.dev/ label, which only those who may update ApiKeyPolicies
+// may set, or kubernetes.io/metadata.name, the namespace's name, which the
+// API server sets and nobody changes. Any other label can be set by
+// whoever may create or label namespaces (self-service namespaces): a
+// policy selecting on it would let them grant their keys restricted
+// scopes. The auth endpoint keeps only these labels of namespaces, so
+// that what namespaces it watches hold does not grow its memory.
+func Guarded(key string) bool {
+	return strings.HasPrefix(key, ConsentPrefix) || key == corev1.LabelMetadataName
+}
+
+// GuardedLabels returns the Guarded labels of a namespace (labels itself
+// when all are).
+func GuardedLabels(nsLabels map[string]string) map[string]string {
+	for k := range nsLabels {
+		if !Guarded(k) {
+			out := make(map[string]string, 2)
+			for k, v := range nsLabels {
+				if Guarded(k) {
+					out[k] = v
+				}
+			}
+			return out
+		}
+	}
+	return nsLabels
 }
