@@ -105,3 +105,32 @@ func TestCacheKeepsOnlyKeywardsMetadataOfSecrets(t *testing.T) {
 		t.Fatalf("keyward's own Secret lost what the controller reads: labels %v, annotations %v", own.Labels, own.Annotations)
 	}
 }
+
+// TestCacheKeepsOnlyGuardedLabelsOfNamespaces: the controller caches every
+// namespace, for the labels policies select on, and whoever may create a
+// namespace (self-service namespaces) may give it any number of labels and
+// 256 KiB of annotations. The cache keeps of each only the labels a policy
+// may select on (policy.Guarded), and ScopeNotAllowed still follows them.
+func TestCacheKeepsOnlyGuardedLabelsOfNamespaces(t *testing.T) {
+	ns := namespace(t)
+	m := startManager(t, ns)
+	ctx := context.Background()
+
+	inflated := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns + "-inflated",
+		Labels:      map[string]string{"keyward.dev/write-access": "true"},
+		Annotations: map[string]string{"ballast": strings.Repeat("x", 200<<10)}}}
+	for i := range 100 {
+		inflated.Labels[fmt.Sprintf("ballast-%03d", i)] = strings.Repeat("y", 63)
+	}
+	create(t, inflated)
+	cached := &corev1.Namespace{}
+	eventually(t, 10*time.Second, "the namespace in the cache", func() (bool, string) {
+		err := m.mgr.GetClient().Get(ctx, client.ObjectKey{Name: inflated.Name}, cached)
+		return err == nil, fmt.Sprint(err)
+	})
+	if len(cached.Annotations) != 0 || len(cached.Labels) != 2 || cached.Labels["keyward.dev/write-access"] != "true" ||
+		cached.Labels[corev1.LabelMetadataName] != inflated.Name {
+		t.Fatalf("cached namespace: %d annotations, %d labels; want keyward.dev/write-access and %s only",
+			len(cached.Annotations), len(cached.Labels), corev1.LabelMetadataName)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/internal/policy"
 )
 
 // NewScheme knows the built-in kinds and keyward's.
@@ -68,6 +69,13 @@ func stripForCache(in any) (any, error) {
 		// KiB of annotations. Keep only what the controller reads.
 		m.Labels, m.Annotations = keywardOnly(m.Labels), keywardOnly(m.Annotations)
 		return m, nil
+	}
+	if n, ok := out.(*corev1.Namespace); ok {
+		// The controller reads a namespace's labels that policies select
+		// on, and whoever may create namespaces may give each any number
+		// of other labels and 256 KiB of annotations.
+		n.Labels, n.Annotations = policy.GuardedLabels(n.Labels), nil
+		return n, nil
 	}
 	if o, ok := out.(metav1.Object); ok {
 		if a := o.GetAnnotations(); a != nil {
