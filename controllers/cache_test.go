@@ -128,9 +128,8 @@ func TestCacheKeepsOnlyGuardedLabelsOfNamespaces(t *testing.T) {
 		err := m.mgr.GetClient().Get(ctx, client.ObjectKey{Name: inflated.Name}, cached)
 		return err == nil, fmt.Sprint(err)
 	})
-	if len(cached.Annotations) != 0 || len(cached.Labels) != 2 || cached.Labels["keyward.dev/write-access"] != "true" ||
-		cached.Labels[corev1.LabelMetadataName] != inflated.Name {
-		t.Fatalf("cached namespace: %d annotations, %d labels; want keyward.dev/write-access and %s only",
-			len(cached.Annotations), len(cached.Labels), corev1.LabelMetadataName)
+	if len(cached.Annotations) != 0 || len(cached.Labels) != 1 || cached.Labels["keyward.dev/write-access"] != "true" {
+		t.Fatalf("cached namespace: %d annotations, %d labels; want keyward.dev/write-access only",
+			len(cached.Annotations), len(cached.Labels))
 	}
 }

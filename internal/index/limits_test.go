@@ -324,11 +324,11 @@ func TestWatchKeepsOnlyGuardedNamespaceLabels(t *testing.T) {
 	}
 	for _, name := range []string{"listed", "watched"} {
 		got := ix.nsLabels[name]
-		if len(got) != 2 || got["keyward.dev/write-access"] != "true" || got["kubernetes.io/metadata.name"] != name {
+		if len(got) != 1 || got["keyward.dev/write-access"] != "true" {
 			t.Errorf("namespace %s: the index keeps %d labels", name, len(got))
 		}
 	}
-	if len(w.Annotations) != 0 || len(w.Labels) != 2 {
+	if len(w.Annotations) != 0 || len(w.Labels) != 1 {
 		t.Errorf("a watched namespace keeps %d annotations and %d labels", len(w.Annotations), len(w.Labels))
 	}
 }

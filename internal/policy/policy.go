@@ -16,7 +16,6 @@ package policy
 import (
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -154,15 +153,17 @@ func selects(sel *metav1.LabelSelector, nsLabels map[string]string) bool {
 const ConsentPrefix = "keyward.dev/"
 
 // Guarded reports whether an ApiKeyPolicy may select namespaces by label
-// key: a keyward.dev/ label, which only those who may update ApiKeyPolicies
-// may set, or kubernetes.io/metadata.name, the namespace's name, which the
-// API server sets and nobody changes. Any other label can be set by
-// whoever may create or label namespaces (self-service namespaces): a
-// policy selecting on it would let them grant their keys restricted
-// scopes. The auth endpoint keeps only these labels of namespaces, so
-// that what namespaces it watches hold does not grow its memory.
+// key: only by a keyward.dev/ label, which only those who may update
+// ApiKeyPolicies may set. Any other label can be set by whoever may create
+// or label namespaces (self-service namespaces): a policy selecting on it
+// would let them grant their keys restricted scopes. That includes
+// kubernetes.io/metadata.name: the API server sets it to the name, but
+// the namespace's creator chooses the name, so a policy naming a namespace
+// that does not exist yet (or no longer) would grant to whoever creates
+// it. The auth endpoint and the controller keep only these labels of
+// namespaces, so that what namespaces hold does not grow their memory.
 func Guarded(key string) bool {
-	return strings.HasPrefix(key, ConsentPrefix) || key == corev1.LabelMetadataName
+	return strings.HasPrefix(key, ConsentPrefix)
 }
 
 // GuardedLabels returns the Guarded labels of a namespace (labels itself

@@ -112,7 +112,7 @@ func TestRulesOnUnguardedLabelsAllowNothing(t *testing.T) {
 		allowed bool
 	}{
 		{"matchLabels on a keyward.dev/ label", metav1.LabelSelector{MatchLabels: map[string]string{"keyward.dev/tier": "gold"}}, true},
-		{"the namespace's name", in("kubernetes.io/metadata.name", metav1.LabelSelectorOpIn, "team-a"), true},
+		{"the namespace's name, which its creator chooses", in("kubernetes.io/metadata.name", metav1.LabelSelectorOpIn, "team-a"), false},
 		{"everything", metav1.LabelSelector{}, true},
 		{"matchLabels on another label", metav1.LabelSelector{MatchLabels: map[string]string{"tier": "gold"}}, false},
 		{"In on another label", in("tier", metav1.LabelSelectorOpIn, "gold"), false},
@@ -129,13 +129,13 @@ func TestRulesOnUnguardedLabelsAllowNothing(t *testing.T) {
 }
 
 func TestGuardedLabels(t *testing.T) {
-	all := map[string]string{"keyward.dev/write-access": "true", "kubernetes.io/metadata.name": "a"}
+	all := map[string]string{"keyward.dev/write-access": "true", "keyward.dev/tier": "gold"}
 	if got := GuardedLabels(all); len(got) != 2 {
 		t.Errorf("guarded labels only: kept %v", got)
 	}
 	mixed := map[string]string{"keyward.dev/write-access": "true", "team": "a", "keyward.devx/y": "z", "kubernetes.io/metadata.name": "a"}
 	got := GuardedLabels(mixed)
-	if len(got) != 2 || got["keyward.dev/write-access"] != "true" || got["kubernetes.io/metadata.name"] != "a" {
+	if len(got) != 1 || got["keyward.dev/write-access"] != "true" {
 		t.Errorf("kept %v", got)
 	}
 	if len(mixed) != 4 {
