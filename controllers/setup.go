@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 	"errors"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -93,16 +92,7 @@ func stripForCache(in any) (any, error) {
 // keywardOnly is the entries of m that keyward writes: keyward.dev/ keys
 // and the managed-by label; nil when there are none.
 func keywardOnly(m map[string]string) map[string]string {
-	var keep map[string]string
-	for k, v := range m {
-		if strings.HasPrefix(k, kw.GroupVersion.Group+"/") || k == kw.LabelManagedBy {
-			if keep == nil {
-				keep = make(map[string]string, 4)
-			}
-			keep[k] = v
-		}
-	}
-	return keep
+	return policy.Keep(m, func(k string) bool { return policy.Guarded(k) || k == kw.LabelManagedBy })
 }
 
 // NewClient is the controller's client: client.New, except that its cache

@@ -355,7 +355,7 @@ func (s *indexStore) set(o any) {
 		}
 	case namespacesKind:
 		if n, ok := o.(*corev1.Namespace); ok {
-			labels := policy.GuardedLabels(n.Labels)
+			labels := n.Labels // slimObject kept only the guarded ones
 			if labels == nil {
 				labels = map[string]string{}
 			}

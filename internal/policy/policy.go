@@ -147,9 +147,10 @@ func selects(sel *metav1.LabelSelector, nsLabels map[string]string) bool {
 	return err == nil && s.Matches(labels.Set(nsLabels))
 }
 
-// ConsentPrefix begins the namespace labels that grant restricted scopes.
-// Setting, changing or removing one needs the right to update
-// ApiKeyPolicies (the keyward-namespace-consent admission policy).
+// ConsentPrefix begins the namespace labels that grant restricted scopes:
+// keyward's own, keyward.dev/. Setting, changing or removing one needs the
+// right to update ApiKeyPolicies (the keyward-namespace-consent admission
+// policy).
 const ConsentPrefix = "keyward.dev/"
 
 // Guarded reports whether an ApiKeyPolicy may select namespaces by label
@@ -169,16 +170,25 @@ func Guarded(key string) bool {
 // GuardedLabels returns the Guarded labels of a namespace (labels itself
 // when all are).
 func GuardedLabels(nsLabels map[string]string) map[string]string {
-	for k := range nsLabels {
-		if !Guarded(k) {
-			out := make(map[string]string, 2)
-			for k, v := range nsLabels {
-				if Guarded(k) {
+	return Keep(nsLabels, Guarded)
+}
+
+// Keep returns the entries of m whose keys keep accepts: m itself when it
+// accepts all of them, nil when none.
+func Keep(m map[string]string, keep func(key string) bool) map[string]string {
+	for k := range m {
+		if !keep(k) {
+			var out map[string]string
+			for k, v := range m {
+				if keep(k) {
+					if out == nil {
+						out = make(map[string]string, 4)
+					}
 					out[k] = v
 				}
 			}
 			return out
 		}
 	}
-	return nsLabels
+	return m
 }

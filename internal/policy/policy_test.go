@@ -129,6 +129,9 @@ func TestRulesOnUnguardedLabelsAllowNothing(t *testing.T) {
 }
 
 func TestGuardedLabels(t *testing.T) {
+	if ConsentPrefix != kw.GroupVersion.Group+"/" {
+		t.Errorf("ConsentPrefix %q is not keyward's API group %q", ConsentPrefix, kw.GroupVersion.Group)
+	}
 	all := map[string]string{"keyward.dev/write-access": "true", "keyward.dev/tier": "gold"}
 	if got := GuardedLabels(all); len(got) != 2 {
 		t.Errorf("guarded labels only: kept %v", got)
