@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -24,9 +23,7 @@ import (
 // The admission policy of config/admission, against the real API server.
 func TestRestrictedScopesAtAdmission(t *testing.T) {
 	ctx := context.Background()
-	if _, err := manifests.ApplyDir(ctx, cfg, testenv.Root()+"/config/admission"); err != nil {
-		t.Fatal(err)
-	}
+	applyAdmission(t)
 	if _, err := manifests.ApplyDir(ctx, cfg, testenv.Root()+"/config/policy"); err != nil {
 		t.Fatal(err)
 	}
@@ -294,9 +291,7 @@ func differential(t *testing.T, namespaces map[string]map[string]string) {
 // too (kubernetes.io/metadata.name), which its creator chooses.
 func TestPolicySelectorsOnlyOnGuardedLabels(t *testing.T) {
 	ctx := context.Background()
-	if _, err := manifests.ApplyDir(ctx, cfg, testenv.Root()+"/config/admission"); err != nil {
-		t.Fatal(err)
-	}
+	applyAdmission(t)
 	policyOf := func(name string, sel metav1.LabelSelector) *kw.ApiKeyPolicy {
 		return &kw.ApiKeyPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: kw.ApiKeyPolicySpec{
 			RestrictedScopes: []kw.Scope{"ledger:*"},
@@ -309,20 +304,9 @@ func TestPolicySelectorsOnlyOnGuardedLabels(t *testing.T) {
 	for _, name := range []string{"ledger-team", "ledger-free", "ledger-legacy"} {
 		t.Cleanup(func() { _ = c.Delete(ctx, &kw.ApiKeyPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}) })
 	}
-	// The admission policy takes effect asynchronously: wait for its first
-	// refusal (dry runs).
-	refusal := func(p *kw.ApiKeyPolicy) error {
-		t.Helper()
-		var err error
-		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-			if err = c.Create(ctx, p.DeepCopy(), client.DryRunAll); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
 	t.Run("other labels are refused with what to select on instead", func(t *testing.T) {
-		err := refusal(policyOf("ledger-team", metav1.LabelSelector{MatchLabels: map[string]string{"team": "ledger"}}))
+		team := policyOf("ledger-team", metav1.LabelSelector{MatchLabels: map[string]string{"team": "ledger"}})
+		err := refusedWithin(func() error { return c.Create(ctx, team.DeepCopy(), client.DryRunAll) })
 		for _, want := range []string{"selects on the label team,", "kubectl label namespace NAME keyward.dev/team="} {
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Fatalf("a selector on team: %v; want a refusal saying %q", err, want)
@@ -360,39 +344,17 @@ func TestPolicySelectorsOnlyOnGuardedLabels(t *testing.T) {
 		}
 	}
 	t.Run("a rule written before the check allows nothing", func(t *testing.T) {
-		// As if written before keyward-policy-selectors existed: without
-		// its binding, then the binding back.
-		if err := c.Delete(ctx, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{
-			ObjectMeta: metav1.ObjectMeta{Name: "keyward-policy-selectors"}}); err != nil {
-			t.Fatal(err)
-		}
 		legacy := policyOf("ledger-legacy", expr("tier", metav1.LabelSelectorOpNotIn, "free"))
 		legacy.Spec.RestrictedScopes = []kw.Scope{"vault:*"}
 		legacy.Spec.Allow[0].Scopes = []kw.Scope{"vault:*"}
-		var err error
-		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-			if err = c.Create(ctx, legacy); err == nil {
-				break
-			}
-		}
-		if err != nil {
-			t.Fatalf("without the binding: %v", err)
-		}
-		if _, err := manifests.ApplyDir(ctx, cfg, testenv.Root()+"/config/admission"); err != nil {
-			t.Fatal(err)
-		}
+		writtenBefore(t, "keyward-policy-selectors", func() error { return c.Create(ctx, legacy) })
 		// ledger-a is labelled tier=gold: NotIn free would choose it, and
 		// whoever labels namespaces decides that. The rule allows nothing,
 		// at admission and in Go.
-		vault := func() error {
+		err := refusedWithin(func() error {
 			return c.Create(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: "ledger-a", Name: "vault"},
 				Spec: kw.ApiKeySpec{Scopes: []kw.Scope{"vault:read"}}}, client.DryRunAll)
-		}
-		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-			if err = vault(); err != nil {
-				break
-			}
-		}
+		})
 		if err == nil || !strings.Contains(err.Error(), "scope vault:read is restricted by ApiKeyPolicy ledger-legacy") {
 			t.Fatalf("vault:read in ledger-a under a rule on tier: %v; want a refusal", err)
 		}
@@ -406,11 +368,7 @@ func TestPolicySelectorsOnlyOnGuardedLabels(t *testing.T) {
 		// Any update of it must now select on guarded labels (the binding
 		// back takes effect asynchronously too).
 		legacy.Spec.Allow[0].Scopes = []kw.Scope{"vault:read"}
-		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-			if err = c.Update(ctx, legacy.DeepCopy(), client.DryRunAll); err != nil {
-				break
-			}
-		}
+		err = refusedWithin(func() error { return c.Update(ctx, legacy.DeepCopy(), client.DryRunAll) })
 		if err == nil || !strings.Contains(err.Error(), "selects on the label tier") {
 			t.Fatalf("updating the old rule: %v; want a refusal", err)
 		}

@@ -22,6 +22,7 @@ import (
 
 	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/internal/index"
+	"keyward.dev/keyward/internal/testenv"
 )
 
 // TestTenantsCannotInflateApiKeys: every endpoint replica lists every
@@ -62,20 +63,20 @@ func TestTenantsCannotInflateApiKeys(t *testing.T) {
 			bloat func(*kw.ApiKey)
 			says  string
 		}{
-			{"33 labels", func(k *kw.ApiKey) { k.Labels = labels(33, 8, 8) }, "has 33 labels; keyward takes at most 32"},
-			{"4 KiB of labels", func(k *kw.ApiKey) { k.Labels = labels(32, 70, 63) }, "bytes of labels (keys and values); keyward takes at most 4096"},
-			{"33 annotations", func(k *kw.ApiKey) { k.Annotations = annotations(33, 8, 8) }, "has 33 annotations; keyward takes at most 32"},
-			{"2 KiB of annotation keys", func(k *kw.ApiKey) { k.Annotations = annotations(20, 110, 1) }, "bytes of annotation keys; keyward takes at most 2048"},
-			{"24 KiB of annotations", func(k *kw.ApiKey) { k.Annotations = annotations(4, 20, 6200) }, "bytes of annotations (keys and values"},
+			{"33 labels", func(k *kw.ApiKey) { k.Labels = testenv.Labels(33, 8, 8) }, "has 33 labels; keyward takes at most 32"},
+			{"4 KiB of labels", func(k *kw.ApiKey) { k.Labels = testenv.Labels(32, 70, 63) }, "bytes of labels (keys and values); keyward takes at most 4096"},
+			{"33 annotations", func(k *kw.ApiKey) { k.Annotations = testenv.Annotations(33, 8, 8) }, "has 33 annotations; keyward takes at most 32"},
+			{"2 KiB of annotation keys", func(k *kw.ApiKey) { k.Annotations = testenv.Annotations(20, 110, 1) }, "bytes of annotation keys; keyward takes at most 2048"},
+			{"24 KiB of annotations", func(k *kw.ApiKey) { k.Annotations = testenv.Annotations(4, 20, 6200) }, "bytes of annotations (keys and values"},
 			// Bytes, not characters: 9,000 '€' are 27,000 bytes in etcd.
 			{"24 KiB of annotations in 9,000 characters", func(k *kw.ApiKey) {
 				k.Annotations = map[string]string{"example.com/note": strings.Repeat("€", 9000)}
 			}, "has 27016 bytes of annotations"},
-			{"9 finalizers", func(k *kw.ApiKey) { k.Finalizers = finalizers(9) }, "has 9 finalizers; keyward takes at most 8"},
+			{"9 finalizers", func(k *kw.ApiKey) { k.Finalizers = testenv.Finalizers(9) }, "has 9 finalizers; keyward takes at most 8"},
 			{"9 owners", func(k *kw.ApiKey) { k.OwnerReferences = owners(t, 9) }, "has 9 owner references; keyward takes at most 8"},
 			// The name labels the key's Secret: a longer one would never
 			// be issued.
-			{"a name of 64 characters", func(k *kw.ApiKey) { k.Name = pad("long", 64, 64) }, "is 64 characters; keyward takes at most 63"},
+			{"a name of 64 characters", func(k *kw.ApiKey) { k.Name = testenv.Pad("long", 64, 64) }, "is 64 characters; keyward takes at most 63"},
 		} {
 			k := key("create")
 			c.bloat(k)
@@ -90,9 +91,9 @@ func TestTenantsCannotInflateApiKeys(t *testing.T) {
 			metadata map[string]any
 			says     string
 		}{
-			{"33 labels", map[string]any{"labels": labels(33, 8, 8)}, "has 33 labels"},
-			{"24 KiB of annotations", map[string]any{"annotations": annotations(4, 20, 8200)}, "bytes of annotations"},
-			{"9 finalizers", map[string]any{"finalizers": finalizers(9)}, "has 9 finalizers"},
+			{"33 labels", map[string]any{"labels": testenv.Labels(33, 8, 8)}, "has 33 labels"},
+			{"24 KiB of annotations", map[string]any{"annotations": testenv.Annotations(4, 20, 8200)}, "bytes of annotations"},
+			{"9 finalizers", map[string]any{"finalizers": testenv.Finalizers(9)}, "has 9 finalizers"},
 		} {
 			patch := mustJSON(t, map[string]any{"metadata": c.metadata})
 			err := bella.Patch(ctx, key("grower"), client.RawPatch(types.MergePatchType, patch))
@@ -101,7 +102,7 @@ func TestTenantsCannotInflateApiKeys(t *testing.T) {
 	})
 
 	t.Run("a fourth server-side-apply manager", func(t *testing.T) {
-		manifest := applyManifest("appliers", labels(8, 20, 20))
+		manifest := applyManifest("appliers", testenv.Labels(8, 20, 20))
 		for i := 1; i <= 3; i++ {
 			if out, err := kubectl(t, manifest, "apply", "--server-side", fmt.Sprintf("--field-manager=tool-%d", i), "-f", "-"); err != nil {
 				t.Fatalf("apply as manager %d: %v\n%s", i, err, out)
@@ -149,30 +150,18 @@ func TestTenantsCannotInflateApiKeys(t *testing.T) {
 	t.Run("the largest ApiKey fits the page budget", func(t *testing.T) {
 		// At every bound at once, with the largest spec the CRD takes and
 		// the longest name.
-		name := pad("largest", 63, 63)
-		k := key(name)
-		k.Labels = labels(32, 65, 63)            // 4,096 bytes
-		k.Annotations = annotations(32, 63, 705) // 2,016 bytes of keys, 24,576 in all
-		k.Finalizers = finalizers(7)             // keyward adds its own
+		k := testenv.LargestApiKey("bloat", "largest")
+		name := k.Name
 		k.OwnerReferences = owners(t, 8)
-		k.Spec.DisplayName = strings.Repeat("€", 128)
-		k.Spec.Description = strings.Repeat("€", 1024)
-		k.Spec.Scopes = nil
-		for i := range 64 {
-			k.Spec.Scopes = append(k.Spec.Scopes, kw.Scope(fmt.Sprintf("%03d:%s", i, strings.Repeat("s", 124))))
-		}
 		must(t, bella.Create(ctx, k))
 		// Three appliers, each owning every label, annotation, finalizer
 		// and scope.
-		u := map[string]any{"apiVersion": kw.GroupVersion.String(), "kind": "ApiKey",
-			"metadata": map[string]any{"name": k.Name, "namespace": k.Namespace, "labels": k.Labels,
-				"annotations": k.Annotations, "finalizers": k.Finalizers},
-			"spec": map[string]any{"scopes": k.Spec.Scopes}}
-		for i := 1; i <= 3; i++ {
-			body := mustJSON(t, u)
+		body, err := testenv.LargestApplyBody(k)
+		must(t, err)
+		for i, applier := range testenv.LargestAppliers() {
 			if err := bella.Patch(ctx, key(name), client.RawPatch(types.ApplyPatchType, body),
-				client.FieldOwner(fmt.Sprintf("applier-%d-%s", i, strings.Repeat("m", 100))), client.ForceOwnership); err != nil {
-				t.Fatalf("applier %d: %v", i, err)
+				client.FieldOwner(applier), client.ForceOwnership); err != nil {
+				t.Fatalf("applier %d: %v", i+1, err)
 			}
 		}
 		// The controller still adds its finalizer and issues the key.
@@ -201,20 +190,20 @@ func TestTenantsCannotInflateApiKeys(t *testing.T) {
 		}
 		defer restore()
 		old := key("legacy")
-		old.Labels = labels(40, 8, 8)
+		old.Labels = testenv.Labels(40, 8, 8)
 		eventually(t, 20*time.Second, "an ApiKey of 40 labels to pass without the policy", func() (bool, string) {
 			err := bella.Create(ctx, old.DeepCopy())
 			return err == nil, fmt.Sprint(err)
 		})
 		restore()
 		probe := key("probe")
-		probe.Labels = labels(33, 8, 8)
+		probe.Labels = testenv.Labels(33, 8, 8)
 		eventually(t, 20*time.Second, "the policy to be back", func() (bool, string) {
 			err := bella.Create(ctx, probe.DeepCopy())
 			return err != nil && strings.Contains(err.Error(), "has 33 labels"), fmt.Sprint(err)
 		})
 		_, token := awaitKey(t, bella, "bloat", "legacy")
-		archive := fmt.Sprintf(`{"metadata":{"labels":{%q:null}},"spec":{"archived":true}}`, qualified(0, 8))
+		archive := fmt.Sprintf(`{"metadata":{"labels":{%q:null}},"spec":{"archived":true}}`, testenv.Qualified(0, 8))
 		must(t, bella.Patch(ctx, key("legacy"), client.RawPatch(types.MergePatchType, []byte(archive))))
 		eventually(t, 5*time.Second, "the archived key to be refused", func() (bool, string) {
 			code, _ := check(t, token)
@@ -225,70 +214,6 @@ func TestTenantsCannotInflateApiKeys(t *testing.T) {
 	})
 }
 
-// labels are n labels with keys of keyLen bytes (a DNS prefix and a name)
-// and values of valLen.
-func labels(n, keyLen, valLen int) map[string]string {
-	m := map[string]string{}
-	for i := range n {
-		m[qualified(i, keyLen)] = pad(fmt.Sprintf("v%03d", i), valLen, 63)
-	}
-	return m
-}
-
-func annotations(n, keyLen, valLen int) map[string]string {
-	m := map[string]string{}
-	for i := range n {
-		m[qualified(i, keyLen)] = strings.Repeat("x", valLen)
-	}
-	return m
-}
-
-// qualified is a label or annotation key of length l (at least 5): l-NNN,
-// under a DNS prefix when longer than 63.
-func qualified(i, l int) string {
-	name := fmt.Sprintf("l-%03d", i)
-	if l <= 63 {
-		return pad(name, l, 63)
-	}
-	if l < 65 {
-		return "p/" + pad(name, l-2, 63)
-	}
-	return dnsName(l-64) + "/" + pad(name, 63, 63)
-}
-
-// dnsName is a DNS subdomain of length l (at most 253): labels of up to 63
-// letters joined by dots.
-func dnsName(l int) string {
-	var b strings.Builder
-	for b.Len() < l {
-		if b.Len() > 0 {
-			b.WriteByte('.')
-		}
-		b.WriteString(strings.Repeat("p", min(63, l-b.Len())))
-	}
-	s := b.String()
-	for strings.HasSuffix(s, ".") {
-		s = s[:len(s)-1] + "q"
-	}
-	return s
-}
-
-func pad(s string, l, max int) string {
-	l = min(l, max)
-	if len(s) >= l {
-		return s
-	}
-	return s + strings.Repeat("a", l-len(s))
-}
-
-func finalizers(n int) []string {
-	var f []string
-	for i := range n {
-		f = append(f, dnsName(253)+"/"+pad(fmt.Sprintf("f%03d", i), 63, 63))
-	}
-	return f
-}
-
 // owners are n ConfigMaps of namespace bloat with the longest names, as
 // owner references (real ones: the garbage collector would delete an
 // ApiKey whose owners are gone).
@@ -297,7 +222,7 @@ func owners(t *testing.T, n int) []metav1.OwnerReference {
 	var o []metav1.OwnerReference
 	for i := range n {
 		cm := &corev1.ConfigMap{}
-		name := fmt.Sprintf("o%03d.", i) + dnsName(248)
+		name := testenv.OwnerName(i)
 		if err := admin.Get(context.Background(), client.ObjectKey{Namespace: "bloat", Name: name}, cm); apierrors.IsNotFound(err) {
 			cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "bloat", Name: name}}
 			must(t, admin.Create(context.Background(), cm))
