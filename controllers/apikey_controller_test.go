@@ -3,7 +3,10 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +16,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/internal/keys"
@@ -185,6 +189,89 @@ func TestDeletedSecretIsNotRegenerated(t *testing.T) {
 	}
 }
 
+// TestIssueOnACacheBehindItsRecordWithdrawsTheKey: issue takes the
+// cache's word that an ApiKey has no record. Where the cache is behind a
+// record (written moments ago) and the key's Secret was deleted meanwhile,
+// the key issue draws is refused a record by the API server: the Secret
+// holding it is deleted again, the record keeps its one key, and once the
+// cache catches up the ApiKey reports its Secret missing, as it does
+// without the lag (TestDeletedSecretIsNotRegenerated).
+func TestIssueOnACacheBehindItsRecordWithdrawsTheKey(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	behind := &recordsBehind{}
+	startManager(t, ns, func(r *ApiKeyReconciler) { behind.Client = r.Client; r.Client = behind })
+	create(t, newKey(ns, "behind"))
+	key := waitReason(t, ns, "behind", kw.ReasonIssued)
+	rec := get(t, ns, "behind", &kw.ApiKeyRecord{})
+	sec := get(t, ns, "behind-apikey", &corev1.Secret{})
+
+	behind.on.Store(true)
+	if err := k8s.Delete(context.Background(), sec); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "a key drawn on the lagging cache", func() (bool, string) {
+		return behind.written.Load() > 0, "no Secret written"
+	})
+	time.Sleep(2500 * time.Millisecond) // the controller retries every second while its cache is behind
+	behind.on.Store(false)
+
+	got := waitReason(t, ns, "behind", kw.ReasonSecretMissing)
+	if got.Status.KeyID != key.Status.KeyID {
+		t.Fatalf("status names key %s, was %s", got.Status.KeyID, key.Status.KeyID)
+	}
+	if w, d := behind.written.Load(), behind.withdrawn.Load(); w != d {
+		t.Fatalf("%d Secrets written on the lagging cache, %d withdrawn", w, d)
+	}
+	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(sec), &corev1.Secret{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("a Secret stands with a key no record has: %v", err)
+	}
+	after := get(t, ns, "behind", &kw.ApiKeyRecord{})
+	if after.ResourceVersion != rec.ResourceVersion || len(after.Spec.Keys) != 1 {
+		t.Fatalf("the record changed: %+v", after.Spec)
+	}
+	for _, e := range listEvents(t, ns) {
+		if e.Reason == kw.ReasonIssued && !strings.Contains(e.Note, key.Status.KeyID) {
+			t.Errorf("an Issued event for another key: %s", e.Note)
+		}
+	}
+}
+
+// recordsBehind is the controller's client with, while on is set, a cache
+// that has not yet seen the ApiKey's record. It counts the Secrets the
+// controller creates meanwhile and those it deletes again.
+type recordsBehind struct {
+	client.Client
+	on                 atomic.Bool
+	written, withdrawn atomic.Int64
+	uids               sync.Map // of the Secrets written while on
+}
+
+func (c *recordsBehind) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, ok := obj.(*kw.ApiKeyRecord); ok && c.on.Load() {
+		return apierrors.NewNotFound(kw.GroupVersion.WithResource("apikeyrecords").GroupResource(), key.Name)
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+func (c *recordsBehind) Create(ctx context.Context, obj client.Object, opts ...client.CreateOption) error {
+	err := c.Client.Create(ctx, obj, opts...)
+	if s, ok := obj.(*corev1.Secret); ok && err == nil && c.on.Load() {
+		remember(s) // the withdrawn key may appear in no log or Event either
+		c.uids.Store(s.UID, true)
+		c.written.Add(1)
+	}
+	return err
+}
+
+func (c *recordsBehind) Delete(ctx context.Context, obj client.Object, opts ...client.DeleteOption) error {
+	err := c.Client.Delete(ctx, obj, opts...)
+	if _, ours := c.uids.Load(obj.GetUID()); ours && isSecret(obj) && err == nil {
+		c.withdrawn.Add(1)
+	}
+	return err
+}
+
 func TestArchiveRevokes(t *testing.T) {
 	t.Parallel()
 	ns := namespace(t)
@@ -326,4 +413,91 @@ func TestLabelSelectedSecretCache(t *testing.T) {
 		}
 		t.Fatalf("controller cache holds Secrets %v; want only keyward's", names)
 	}
+}
+
+// TestBulkIssuancePatchesEachApiKeyOnce: ApiKeys created at once (a GitOps
+// sync) each get their finalizer in one patch. Issuing a key wakes its
+// ApiKey again at once (its Secret and record are written), often before
+// the cache shows the finalizer: here the cache always serves the ApiKey
+// as it was before that patch to the next reconcile. That reconcile must
+// wait for the cache, not send a stale patch the API server refuses (a
+// request wasted, and a failed reconcile for each key, which
+// KeywardReconcileErrors counts).
+func TestBulkIssuancePatchesEachApiKeyOnce(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	patches := &apiKeyPatches{}
+	startManager(t, ns, func(r *ApiKeyReconciler) { patches.Client = r.Client; r.Client = patches })
+	const n = 40
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			create(t, newKey(ns, fmt.Sprintf("bulk-%03d", i)))
+		}()
+	}
+	wg.Wait()
+	eventually(t, 30*time.Second, "every ApiKey Active", func() (bool, string) {
+		var list kw.ApiKeyList
+		if err := k8s.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
+			return false, err.Error()
+		}
+		active := 0
+		for _, k := range list.Items {
+			if k.Status.State == kw.StateActive && slices.Contains(k.Finalizers, kw.Finalizer) {
+				active++
+			}
+		}
+		return active == n, fmt.Sprintf("%d of %d Active", active, n)
+	})
+	if s := patches.stale.Load(); s != n {
+		t.Fatalf("the cache served %d ApiKeys a version behind, want %d", s, n)
+	}
+	if sent, refused := patches.sent.Load(), patches.refused.Load(); sent != n || refused != 0 {
+		t.Errorf("%d ApiKeys patched %d times, %d patches refused as stale", n, sent, refused)
+	}
+	if k := countLines(logs.String(), "Reconciler error", ns); k != 0 {
+		t.Errorf("%d reconciles failed", k)
+	}
+}
+
+// apiKeyPatches is the controller's client with a cache that serves each
+// ApiKey once, to the first read after the controller patched it, as it
+// was before that patch. It counts the patches of ApiKeys (not of their
+// status) and those the API server refused as stale.
+type apiKeyPatches struct {
+	client.Client
+	before               sync.Map // name: the ApiKey before its first patch, until served
+	served               sync.Map // names served a version behind
+	sent, refused, stale atomic.Int64
+}
+
+func (c *apiKeyPatches) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if k, ok := obj.(*kw.ApiKey); ok {
+		if old, ok := c.before.LoadAndDelete(key.Name); ok {
+			old.(*kw.ApiKey).DeepCopyInto(k)
+			c.stale.Add(1)
+			return nil
+		}
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+func (c *apiKeyPatches) Patch(ctx context.Context, obj client.Object, p client.Patch, opts ...client.PatchOption) error {
+	k, ok := obj.(*kw.ApiKey)
+	if !ok {
+		return c.Client.Patch(ctx, obj, p, opts...)
+	}
+	old := k.DeepCopy()
+	controllerutil.RemoveFinalizer(old, kw.Finalizer)
+	err := c.Client.Patch(ctx, obj, p, opts...)
+	c.sent.Add(1)
+	if apierrors.IsConflict(err) {
+		c.refused.Add(1)
+	}
+	if _, done := c.served.LoadOrStore(k.Name, true); err == nil && !done {
+		c.before.Store(k.Name, old)
+	}
+	return err
 }

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -214,16 +215,16 @@ func (r *ApiKeyReconciler) ensureRecord(ctx context.Context, key *kw.ApiKey, rec
 // issue issues the ApiKey's first key. The Secret is written before the
 // record: should the process die between the two, the next reconcile
 // rebuilds the record from the Secret instead of losing the plaintext.
+//
+// It takes the cache's word that the ApiKey has no record, without asking
+// the API server (a read for every key issued). Where the cache is behind a
+// record written moments ago, the API server refuses the record, and the
+// Secret written here holds a key that no record has, which no endpoint
+// accepts: issue deletes that Secret again (withdraw) and waits for the
+// cache. That happens only when the Secret of a key issued moments ago is
+// gone too (else creating the Secret is refused first), that is, when
+// someone deleted it.
 func (r *ApiKeyReconciler) issue(ctx context.Context, key *kw.ApiKey, v *verdict) (*kw.ApiKeyRecord, error) {
-	// The cache may not have seen a record written moments ago: ask the API
-	// server before drawing a new key.
-	live := &kw.ApiKeyRecord{}
-	switch err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(key), live); {
-	case err == nil:
-		return nil, fmt.Errorf("record of %s/%s exists: %w", key.Namespace, key.Name, errNotCached)
-	case !apierrors.IsNotFound(err):
-		return nil, fmt.Errorf("read record of %s/%s: %w", key.Namespace, key.Name, err)
-	}
 	k, err := keys.Generate()
 	if err != nil {
 		return nil, fmt.Errorf("issue key for %s/%s: %w", key.Namespace, key.Name, err)
@@ -266,6 +267,9 @@ func (r *ApiKeyReconciler) issue(ctx context.Context, key *kw.ApiKey, v *verdict
 		return nil, errCrashed
 	}
 	rec, err := r.createRecord(ctx, key, kw.RecordedKey{KeyID: k.ID, Digest: k.Digest(), IssuedAt: metav1.Now(), Generation: key.DesiredGeneration()})
+	if errors.Is(err, errNotCached) {
+		return nil, r.withdraw(ctx, sec, k.ID, err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -313,10 +317,27 @@ func (r *ApiKeyReconciler) createRecord(ctx context.Context, key *kw.ApiKey, fir
 	if err := controllerutil.SetControllerReference(key, rec, r.Scheme()); err != nil {
 		return nil, err
 	}
-	if err := r.Create(ctx, rec, client.FieldOwner(FieldOwner)); err != nil {
+	if err := r.Create(ctx, rec, client.FieldOwner(FieldOwner)); apierrors.IsAlreadyExists(err) {
+		// Only the controller writes records: the cache is behind one it
+		// wrote moments ago.
+		return nil, fmt.Errorf("record of %s/%s exists: %w", key.Namespace, key.Name, errNotCached)
+	} else if err != nil {
 		return nil, fmt.Errorf("record key %s of %s/%s: %w", first.KeyID, key.Namespace, key.Name, err)
 	}
 	return rec, nil
+}
+
+// withdraw deletes the Secret issue has just written, by its UID, when the
+// API server refused its key's record (cause): that key is in no record and
+// must not stay where workloads read it. Should the delete fail, the next
+// reconcile finds a Secret whose key is not the record's and reports a
+// SecretConflict, never accepting that key.
+func (r *ApiKeyReconciler) withdraw(ctx context.Context, sec *corev1.Secret, keyID string, cause error) error {
+	if err := r.Delete(ctx, sec, client.Preconditions{UID: &sec.UID}); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("withdraw Secret %s/%s of unrecorded key %s (%v): %w", sec.Namespace, sec.Name, keyID, cause, err)
+	}
+	log.FromContext(ctx).Info("withdrew a key written while the cache was behind its record", "keyId", keyID, "secret", sec.Name)
+	return cause
 }
 
 // archive revokes every key of an archived ApiKey and deletes the plaintext.
