@@ -251,8 +251,9 @@ const finalizedTTL = time.Minute
 // recentFinalizers are the ApiKeys (by UID) this process added its
 // finalizer to and whose cached copy has not shown it yet.
 type recentFinalizers struct {
-	mu sync.Mutex
-	m  map[types.UID]time.Time
+	mu     sync.Mutex
+	m      map[types.UID]time.Time
+	pruned time.Time
 }
 
 func (f *recentFinalizers) added(uid types.UID, now time.Time) {
@@ -264,8 +265,11 @@ func (f *recentFinalizers) added(uid types.UID, now time.Time) {
 	if f.m == nil {
 		f.m = map[types.UID]time.Time{}
 	}
-	if len(f.m) >= 1024 {
-		// ApiKeys deleted before their next reconcile leave an entry.
+	if len(f.m) >= 1024 && now.Sub(f.pruned) >= finalizedTTL {
+		// ApiKeys deleted before their next reconcile leave an entry;
+		// at most once a TTL, so that a burst's entries are not scanned
+		// on every add.
+		f.pruned = now
 		for u, t := range f.m {
 			if now.Sub(t) >= finalizedTTL {
 				delete(f.m, u)
