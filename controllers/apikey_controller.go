@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
@@ -82,9 +83,9 @@ type ApiKeyReconciler struct {
 
 	// tokens is set by SetupWithManager.
 	tokens *tokenChecks
-	// finalized: the ApiKeys this process added its finalizer to moments
-	// ago; set by SetupWithManager.
-	finalized *recentFinalizers
+	// written: this process's last write to each ApiKey, until the cache
+	// shows it; set by SetupWithManager.
+	written *ownWrites
 }
 
 // DefaultConcurrency: a reconcile mostly waits for the API server (about
@@ -125,6 +126,9 @@ func (r *ApiKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	}
 	if !key.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.revokeDeleted(ctx, key)
+	}
+	if r.written.behind(key, r.Clock.Now()) {
+		return waitForCache(ctx), nil
 	}
 	if err := r.ensureFinalizer(ctx, key); errors.Is(err, errNotCached) {
 		return waitForCache(ctx), nil
@@ -212,19 +216,12 @@ func (v *verdict) set(state kw.KeyState, reason, format string, args ...any) {
 }
 
 // ensureFinalizer makes sure a deleted ApiKey is revoked before it is gone.
-//
-// Issuing a key wakes the ApiKey again at once (its Secret and record are
-// written), often before the cache has seen the finalizer just added: that
-// reconcile waits for the cache (errNotCached) rather than send a patch the
-// API server would refuse as stale, and so does one whose patch it
-// refuses.
+// Its patch carries the resourceVersion it was computed from: if the cache
+// served a copy older than someone else's removal of the finalizer, the API
+// server refuses it, and the reconcile waits for the cache (errNotCached).
 func (r *ApiKeyReconciler) ensureFinalizer(ctx context.Context, key *kw.ApiKey) error {
 	if controllerutil.ContainsFinalizer(key, kw.Finalizer) {
-		r.finalized.seen(key.UID)
 		return nil
-	}
-	if r.finalized.recent(key.UID, r.Clock.Now()) {
-		return fmt.Errorf("finalizer of %s/%s added moments ago: %w", key.Namespace, key.Name, errNotCached)
 	}
 	patch := client.MergeFromWithOptions(key.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	controllerutil.AddFinalizer(key, kw.Finalizer)
@@ -235,70 +232,88 @@ func (r *ApiKeyReconciler) ensureFinalizer(ctx context.Context, key *kw.ApiKey) 
 	if err != nil {
 		return fmt.Errorf("add finalizer to %s/%s: %w", key.Namespace, key.Name, err)
 	}
-	r.finalized.added(key.UID, r.Clock.Now())
+	r.written.wrote(key, r.Clock.Now())
 	return nil
 }
 
-// finalizedTTL is how long ensureFinalizer takes its own write of a
-// finalizer for granted while the cache does not show it yet. After that
-// it patches again: the API server refuses the patch if the cache is still
-// behind, and applies it if someone removed the finalizer in between. The
-// cache can be far behind: while 6,000 ApiKeys were created at once on the
-// 2-core machine (make bench), it still served an ApiKey without the
+// ownWriteTTL is how long a reconcile waits for the cache to show the
+// controller's own last write to an ApiKey. After that it goes on with
+// what the cache serves: a finalizer patch from a stale copy is refused
+// (it carries its resourceVersion), a status patch from one is sent again.
+// The cache can be far behind: while 6,000 ApiKeys were created at once on
+// the 2-core machine (make bench), it still served an ApiKey without the
 // finalizer 13 s after the patch.
-const finalizedTTL = time.Minute
+const ownWriteTTL = time.Minute
 
-// recentFinalizers are the ApiKeys (by UID) this process added its
-// finalizer to and whose cached copy has not shown it yet.
-type recentFinalizers struct {
+// ownWrites remembers, per ApiKey (by UID), the resourceVersion of this
+// process's last write to it (its finalizer, its status) until the cache
+// serves that version or a later one.
+//
+// Issuing a key wakes its ApiKey again at once (the Secret, the record and
+// the status are written), often before the cache shows the finalizer or
+// the status just written. A reconcile of such a copy would patch the
+// finalizer again (refused as stale: a request wasted and a failed
+// reconcile) or write the status again (a request and a write wasted, with
+// a new lastTransitionTime, and an Event repeated where the state's change
+// announces one). It waits for the cache instead: the watch event of the
+// write wakes the ApiKey.
+type ownWrites struct {
 	mu     sync.Mutex
-	m      map[types.UID]time.Time
+	m      map[types.UID]ownWrite
 	pruned time.Time
 }
 
-func (f *recentFinalizers) added(uid types.UID, now time.Time) {
-	if f == nil {
+type ownWrite struct {
+	resourceVersion string
+	at              time.Time
+}
+
+// wrote remembers key as the API server answered a write of it.
+func (w *ownWrites) wrote(key *kw.ApiKey, now time.Time) {
+	if w == nil {
 		return
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.m == nil {
-		f.m = map[types.UID]time.Time{}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.m == nil {
+		w.m = map[types.UID]ownWrite{}
 	}
-	if len(f.m) >= 1024 && now.Sub(f.pruned) >= finalizedTTL {
+	if len(w.m) >= 1024 && now.Sub(w.pruned) >= ownWriteTTL {
 		// ApiKeys deleted before their next reconcile leave an entry;
 		// at most once a TTL, so that a burst's entries are not scanned
-		// on every add.
-		f.pruned = now
-		for u, t := range f.m {
-			if now.Sub(t) >= finalizedTTL {
-				delete(f.m, u)
+		// on every write.
+		w.pruned = now
+		for u, e := range w.m {
+			if now.Sub(e.at) >= ownWriteTTL {
+				delete(w.m, u)
 			}
 		}
 	}
-	f.m[uid] = now
+	w.m[key.UID] = ownWrite{resourceVersion: key.ResourceVersion, at: now}
 }
 
-// recent reports whether the finalizer of uid was added under
-// finalizedTTL ago.
-func (f *recentFinalizers) recent(uid types.UID, now time.Time) bool {
-	if f == nil {
+// behind reports whether key, as the cache served it, predates this
+// process's last write to it, made under ownWriteTTL ago. It forgets the
+// write once the cache shows it, once the TTL is over, and where the two
+// resourceVersions cannot be compared (an API server whose storage does not
+// number them): there the API server's optimistic lock is the only guard.
+func (w *ownWrites) behind(key *kw.ApiKey, now time.Time) bool {
+	if w == nil {
 		return false
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	t, ok := f.m[uid]
-	return ok && now.Sub(t) < finalizedTTL
-}
-
-// seen forgets uid: the cache shows its finalizer.
-func (f *recentFinalizers) seen(uid types.UID) {
-	if f == nil {
-		return
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	e, ok := w.m[key.UID]
+	if !ok {
+		return false
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	delete(f.m, uid)
+	if now.Sub(e.at) < ownWriteTTL {
+		if c, err := resourceversion.CompareResourceVersion(key.ResourceVersion, e.resourceVersion); err == nil && c < 0 {
+			return true
+		}
+	}
+	delete(w.m, key.UID)
+	return false
 }
 
 // revokeDeleted revokes a deleted ApiKey at once: garbage collection would
@@ -337,7 +352,7 @@ func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
-	r.tokens, r.finalized = &tokenChecks{}, &recentFinalizers{}
+	r.tokens, r.written = &tokenChecks{}, &ownWrites{}
 	err := mgr.GetFieldIndexer().IndexField(context.Background(), &kw.ApiKey{}, secretNameIndex,
 		func(o client.Object) []string {
 			if name := o.(*kw.ApiKey).Spec.SecretName; name != "" {
@@ -516,6 +531,9 @@ func (r *ApiKeyReconciler) patchStatus(ctx context.Context, before, key *kw.ApiK
 	err := r.Status().Patch(ctx, key, client.MergeFrom(before), client.FieldOwner(FieldOwner))
 	if client.IgnoreNotFound(err) != nil {
 		return fmt.Errorf("patch status of %s/%s: %w", key.Namespace, key.Name, err)
+	}
+	if err == nil {
+		r.written.wrote(key, r.Clock.Now())
 	}
 	return nil
 }

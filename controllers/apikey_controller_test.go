@@ -417,17 +417,20 @@ func TestLabelSelectedSecretCache(t *testing.T) {
 }
 
 // TestBulkIssuancePatchesEachApiKeyOnce: ApiKeys created at once (a GitOps
-// sync) each get their finalizer in one patch. Issuing a key wakes its
-// ApiKey again at once (its Secret and record are written), often before
-// the cache shows the finalizer: here the cache always serves the ApiKey
-// as it was before that patch to the next reconcile. That reconcile must
-// wait for the cache, not send a stale patch the API server refuses (a
-// request wasted, and a failed reconcile for each key, which
-// KeywardReconcileErrors counts).
+// sync) each get their finalizer in one patch and their status in one
+// patch. Issuing a key wakes its ApiKey again at once (its Secret, record
+// and status are written), often before the cache shows the controller's
+// own writes: here the cache serves each ApiKey as it was before its
+// finalizer patch to the next reconcile, and as it was before its status
+// patch to the one after. Those reconciles must wait for the cache, not
+// send a stale finalizer patch the API server refuses (a request wasted,
+// and a failed reconcile for each key, which KeywardReconcileErrors
+// counts), nor write the status again from a copy that lacks it (a
+// request and a write wasted, with a new lastTransitionTime).
 func TestBulkIssuancePatchesEachApiKeyOnce(t *testing.T) {
 	t.Parallel()
 	ns := namespace(t)
-	patches := &apiKeyPatches{}
+	patches := &apiKeyPatches{before: map[string][]*kw.ApiKey{}}
 	startManager(t, ns, func(r *ApiKeyReconciler) { patches.Client = r.Client; r.Client = patches })
 	const n = 40
 	var wg sync.WaitGroup
@@ -452,41 +455,67 @@ func TestBulkIssuancePatchesEachApiKeyOnce(t *testing.T) {
 		}
 		return active == n, fmt.Sprintf("%d of %d Active", active, n)
 	})
-	// Each key's own writes wake it once more, maybe after it turned
+	// Each key's own writes wake it twice more, maybe after it turned
 	// Active.
-	eventually(t, 10*time.Second, "every ApiKey read once a version behind", func() (bool, string) {
+	eventually(t, 10*time.Second, "every ApiKey read twice a version behind", func() (bool, string) {
 		s := patches.stale.Load()
-		return s == n, fmt.Sprintf("%d of %d", s, n)
+		return s == 2*n, fmt.Sprintf("%d of %d", s, 2*n)
 	})
 	time.Sleep(time.Second) // and whatever those reconciles send is sent
 	if sent, refused := patches.sent.Load(), patches.refused.Load(); sent != n || refused != 0 {
 		t.Errorf("%d ApiKeys patched %d times, %d patches refused as stale", n, sent, refused)
+	}
+	if sent := patches.statusSent.Load(); sent != n {
+		t.Errorf("%d ApiKeys' status patched %d times", n, sent)
 	}
 	if k := countLines(logs.String(), "Reconciler error", ns); k != 0 {
 		t.Errorf("%d reconciles failed", k)
 	}
 }
 
-// apiKeyPatches is the controller's client with a cache that serves each
-// ApiKey once, to the first read after the controller patched it, as it
-// was before that patch. It counts the patches of ApiKeys (not of their
-// status) and those the API server refused as stale.
+// apiKeyPatches is the controller's client with a cache that lags behind
+// the controller's own first two writes of each ApiKey: it serves the
+// ApiKey as it was before its first patch to the first read after that
+// patch, and as it was before its first status patch to the read after
+// that. It counts the patches of ApiKeys, those the API server refused as
+// stale, and the patches of their status.
 type apiKeyPatches struct {
 	client.Client
-	before               sync.Map // name: the ApiKey before its first patch, until served
-	served               sync.Map // names served a version behind
-	sent, refused, stale atomic.Int64
+	mu     sync.Mutex
+	before map[string][]*kw.ApiKey // name: versions to serve, in order
+	served map[string]int          // name: patches seen (the first of each kind lags)
+
+	sent, refused, statusSent, stale atomic.Int64
 }
 
 func (c *apiKeyPatches) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
 	if k, ok := obj.(*kw.ApiKey); ok {
-		if old, ok := c.before.LoadAndDelete(key.Name); ok {
-			old.(*kw.ApiKey).DeepCopyInto(k)
+		c.mu.Lock()
+		queue := c.before[key.Name]
+		if len(queue) > 0 {
+			queue[0].DeepCopyInto(k)
+			c.before[key.Name] = queue[1:]
+		}
+		c.mu.Unlock()
+		if len(queue) > 0 {
 			c.stale.Add(1)
 			return nil
 		}
 	}
 	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+// lagged remembers old, the ApiKey before a write of the given kind, to be
+// served once if it is the first write of that kind.
+func (c *apiKeyPatches) lagged(kind string, old *kw.ApiKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.served == nil {
+		c.served = map[string]int{}
+	}
+	if c.served[kind+"/"+old.Name]++; c.served[kind+"/"+old.Name] == 1 {
+		c.before[old.Name] = append(c.before[old.Name], old)
+	}
 }
 
 func (c *apiKeyPatches) Patch(ctx context.Context, obj client.Object, p client.Patch, opts ...client.PatchOption) error {
@@ -501,44 +530,80 @@ func (c *apiKeyPatches) Patch(ctx context.Context, obj client.Object, p client.P
 	if apierrors.IsConflict(err) {
 		c.refused.Add(1)
 	}
-	if _, done := c.served.LoadOrStore(k.Name, true); err == nil && !done {
-		c.before.Store(k.Name, old)
+	if err == nil {
+		c.lagged("patch", old)
 	}
 	return err
 }
 
-// TestRecentFinalizers: a finalizer added is taken for granted for
-// finalizedTTL or until the cache shows it; expired entries are dropped
-// once there are many, at most once a TTL.
-func TestRecentFinalizers(t *testing.T) {
-	var f recentFinalizers
+func (c *apiKeyPatches) Status() client.SubResourceWriter {
+	return apiKeyStatusPatches{c.Client.Status(), c}
+}
+
+type apiKeyStatusPatches struct {
+	client.SubResourceWriter
+	c *apiKeyPatches
+}
+
+func (w apiKeyStatusPatches) Patch(ctx context.Context, obj client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
+	k, ok := obj.(*kw.ApiKey)
+	if !ok {
+		return w.SubResourceWriter.Patch(ctx, obj, p, opts...)
+	}
+	old := k.DeepCopy()
+	err := w.SubResourceWriter.Patch(ctx, obj, p, opts...)
+	w.c.statusSent.Add(1)
+	if err == nil {
+		old.Status = kw.ApiKeyStatus{}
+		w.c.lagged("status", old)
+	}
+	return err
+}
+
+// TestOwnWrites: a write is waited for while the cache serves an older
+// version, for ownWriteTTL at most, and forgotten once the cache shows it
+// or a later version; expired entries are dropped once there are many, at
+// most once a TTL.
+func TestOwnWrites(t *testing.T) {
+	var w ownWrites
 	t0 := time.Unix(1e9, 0)
-	f.added("a", t0)
-	if !f.recent("a", t0.Add(finalizedTTL-time.Nanosecond)) || f.recent("a", t0.Add(finalizedTTL)) || f.recent("b", t0) {
-		t.Fatal("recent is wrong about a's TTL or about b")
+	at := func(uid types.UID, rv string) *kw.ApiKey {
+		return &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{UID: uid, ResourceVersion: rv}}
 	}
-	f.seen("a")
-	if f.recent("a", t0) {
-		t.Fatal("seen did not forget a")
+	w.wrote(at("a", "120"), t0)
+	if !w.behind(at("a", "99"), t0.Add(ownWriteTTL-time.Nanosecond)) || w.behind(at("b", "99"), t0) {
+		t.Fatal("behind is wrong about a's older version or about b")
+	}
+	if w.behind(at("a", "99"), t0.Add(ownWriteTTL)) || len(w.m) != 0 {
+		t.Fatal("a's write is waited for after its TTL")
+	}
+	for _, rv := range []string{"120", "1000"} {
+		w.wrote(at("a", "120"), t0)
+		if w.behind(at("a", rv), t0) || w.behind(at("a", "119"), t0) {
+			t.Fatalf("the cache showed version %s, and a's write is still waited for", rv)
+		}
+	}
+	w.wrote(at("a", "120"), t0)
+	if w.behind(at("a", "not-a-number"), t0) || len(w.m) != 0 {
+		t.Fatal("a version that does not compare is taken as behind, or kept")
 	}
 	for i := range 1100 {
-		f.added(types.UID(fmt.Sprint(i)), t0)
+		w.wrote(at(types.UID(fmt.Sprint(i)), "5"), t0)
 	}
-	later := t0.Add(finalizedTTL)
-	f.added("new", later)
-	if len(f.m) != 1 || !f.recent("new", later) {
-		t.Fatalf("%d entries after a prune, want only the new one", len(f.m))
+	later := t0.Add(ownWriteTTL)
+	w.wrote(at("new", "7"), later)
+	if len(w.m) != 1 || !w.behind(at("new", "6"), later) {
+		t.Fatalf("%d entries after a prune, want only the new one", len(w.m))
 	}
 	for i := range 1100 {
-		f.added(types.UID(fmt.Sprint(i)), later)
+		w.wrote(at(types.UID(fmt.Sprint(i)), "5"), later)
 	}
-	if f.added("newer", later.Add(time.Second)); len(f.m) != 1102 {
-		t.Fatalf("%d entries: pruned again within a TTL", len(f.m))
+	if w.wrote(at("newer", "8"), later.Add(time.Second)); len(w.m) != 1102 {
+		t.Fatalf("%d entries: pruned again within a TTL", len(w.m))
 	}
-	var none *recentFinalizers // a reconciler not set up by SetupWithManager
-	none.added("a", t0)
-	none.seen("a")
-	if none.recent("a", t0) {
+	var none *ownWrites // a reconciler not set up by SetupWithManager
+	none.wrote(at("a", "120"), t0)
+	if none.behind(at("a", "99"), t0) {
 		t.Fatal("a nil memory remembers")
 	}
 }
