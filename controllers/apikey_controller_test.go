@@ -360,7 +360,9 @@ func TestExpiryRequeuesForTheMoment(t *testing.T) {
 	key := newKey(ns, "short-lived")
 	key.Spec.ExpiresAt = &expires
 	create(t, key)
-	waitReason(t, ns, "short-lived", kw.ReasonIssued)
+	// The reconcile below reads the manager's cache: until that shows the
+	// controller's own status write, it would wait for it.
+	m.waitCached(t, waitReason(t, ns, "short-lived", kw.ReasonIssued))
 
 	// The reconcile asks to be woken exactly when the key expires.
 	r := *m.rec

@@ -52,7 +52,9 @@ func TestSecretsCachedAsMetadataOnly(t *testing.T) {
 	}
 
 	create(t, newKey(ns, "quiet"))
-	waitReason(t, ns, "quiet", kw.ReasonIssued)
+	// Reconciles of a copy older than the controller's own writes would
+	// wait for the cache and read nothing.
+	m.waitCached(t, waitReason(t, ns, "quiet", kw.ReasonIssued))
 	after := reads.n.Load()
 	if got := m.rec.tokens.len(); got != 1 {
 		t.Fatalf("%d token checks remembered, want 1", got)

@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -264,6 +265,20 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() (bo
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// waitCached waits until the manager's cache serves key as it is or later,
+// for tests that call Reconcile themselves.
+func (m *manager) waitCached(t testing.TB, key *kw.ApiKey) {
+	t.Helper()
+	eventually(t, 5*time.Second, "the cache to show ApiKey "+key.Name+" at "+key.ResourceVersion, func() (bool, string) {
+		var cached kw.ApiKey
+		if err := m.mgr.GetCache().Get(context.Background(), client.ObjectKeyFromObject(key), &cached); err != nil {
+			return false, err.Error()
+		}
+		c, err := resourceversion.CompareResourceVersion(cached.ResourceVersion, key.ResourceVersion)
+		return err == nil && c >= 0, "resourceVersion " + cached.ResourceVersion
+	})
 }
 
 // waitReady waits until the ApiKey's Ready condition has the given reason.
