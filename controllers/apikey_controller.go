@@ -216,9 +216,10 @@ func (v *verdict) set(state kw.KeyState, reason, format string, args ...any) {
 }
 
 // ensureFinalizer makes sure a deleted ApiKey is revoked before it is gone.
-// Its patch carries the resourceVersion it was computed from: if the cache
-// served a copy older than someone else's removal of the finalizer, the API
-// server refuses it, and the reconcile waits for the cache (errNotCached).
+// Its patch carries the resourceVersion it was computed from: if the copy
+// the cache served is not the ApiKey's latest (someone wrote it since, or
+// the controller's own write is older than ownWriteTTL), the API server
+// refuses it, and the reconcile waits for the cache (errNotCached).
 func (r *ApiKeyReconciler) ensureFinalizer(ctx context.Context, key *kw.ApiKey) error {
 	if controllerutil.ContainsFinalizer(key, kw.Finalizer) {
 		return nil
