@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -475,47 +476,94 @@ func TestBulkIssuancePatchesEachApiKeyOnce(t *testing.T) {
 	}
 }
 
+// TestExpiryAnnouncedOnce: the reconcile that a key's own Expired status
+// wakes may read a copy that does not show that status yet (here the cache
+// serves it as it was before the patch). It must wait for the cache, not
+// write the status again and announce the expiry a second time.
+func TestExpiryAnnouncedOnce(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	patches := &apiKeyPatches{before: map[string][]*kw.ApiKey{}, statusLag: 2}
+	startManager(t, ns, func(r *ApiKeyReconciler) { patches.Client = r.Client; r.Client = patches })
+	key := newKey(ns, "brief")
+	expires := metav1.NewTime(time.Now().Add(4 * time.Second).Truncate(time.Second))
+	key.Spec.ExpiresAt = &expires
+	create(t, key)
+	waitReason(t, ns, "brief", kw.ReasonIssued)
+	waitReason(t, ns, "brief", kw.ReasonExpired)
+	// The finalizer's lag and the Expired status's.
+	eventually(t, 10*time.Second, "the key read twice a version behind", func() (bool, string) {
+		s := patches.stale.Load()
+		return s == 2, fmt.Sprint(s, " status patches ", patches.statusSent.Load())
+	})
+	time.Sleep(time.Second) // and whatever those reconciles send is sent
+	// A repeated Event is one object whose series counts the repeats.
+	expired := int32(0)
+	for _, e := range listEvents(t, ns) {
+		if e.Regarding.Name == "brief" && e.Reason == kw.ReasonExpired {
+			expired++
+			if e.Series != nil {
+				expired += e.Series.Count - 1
+			}
+		}
+	}
+	if expired != 1 {
+		t.Errorf("the expiry announced %d times, want once", expired)
+	}
+	if sent := patches.statusSent.Load(); sent != 2 {
+		t.Errorf("status patched %d times, want 2 (issued, expired)", sent)
+	}
+}
+
 // apiKeyPatches is the controller's client with a cache that lags behind
-// the controller's own first two writes of each ApiKey: it serves the
-// ApiKey as it was before its first patch to the first read after that
-// patch, and as it was before its first status patch to the read after
-// that. It counts the patches of ApiKeys, those the API server refused as
+// two of the controller's own writes of each ApiKey: it serves the ApiKey
+// as it was before its first patch to the first read after that patch,
+// and as it was before its first status patch (or the statusLag-th) to the
+// read after that. It counts the patches of ApiKeys, those the API server refused as
 // stale, and the patches of their status.
 type apiKeyPatches struct {
 	client.Client
+	// statusLag is which of an ApiKey's status patches lags (0: the first).
+	statusLag int
+
 	mu     sync.Mutex
 	before map[string][]*kw.ApiKey // name: versions to serve, in order
-	served map[string]int          // name: patches seen (the first of each kind lags)
+	served map[string]int          // kind/name: patches seen
+	read   map[string]*kw.ApiKey   // name: the copy last read
 
 	sent, refused, statusSent, stale atomic.Int64
 }
 
 func (c *apiKeyPatches) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-	if k, ok := obj.(*kw.ApiKey); ok {
-		c.mu.Lock()
-		queue := c.before[key.Name]
-		if len(queue) > 0 {
-			queue[0].DeepCopyInto(k)
-			c.before[key.Name] = queue[1:]
-		}
-		c.mu.Unlock()
-		if len(queue) > 0 {
-			c.stale.Add(1)
-			return nil
-		}
+	k, ok := obj.(*kw.ApiKey)
+	if !ok {
+		return c.Client.Get(ctx, key, obj, opts...)
 	}
-	return c.Client.Get(ctx, key, obj, opts...)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if queue := c.before[key.Name]; len(queue) > 0 {
+		queue[0].DeepCopyInto(k)
+		c.before[key.Name] = queue[1:]
+		c.stale.Add(1)
+	} else if err := c.Client.Get(ctx, key, obj, opts...); err != nil {
+		return err
+	}
+	if c.read == nil {
+		c.read = map[string]*kw.ApiKey{}
+	}
+	c.read[key.Name] = k.DeepCopy()
+	return nil
 }
 
 // lagged remembers old, the ApiKey before a write of the given kind, to be
-// served once if it is the first write of that kind.
-func (c *apiKeyPatches) lagged(kind string, old *kw.ApiKey) {
+// served once if it is the nth write of that kind.
+func (c *apiKeyPatches) lagged(kind string, nth int, old *kw.ApiKey) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.served == nil {
 		c.served = map[string]int{}
 	}
-	if c.served[kind+"/"+old.Name]++; c.served[kind+"/"+old.Name] == 1 {
+	if c.served[kind+"/"+old.Name]++; c.served[kind+"/"+old.Name] == nth {
 		c.before[old.Name] = append(c.before[old.Name], old)
 	}
 }
@@ -533,7 +581,7 @@ func (c *apiKeyPatches) Patch(ctx context.Context, obj client.Object, p client.P
 		c.refused.Add(1)
 	}
 	if err == nil {
-		c.lagged("patch", old)
+		c.lagged("patch", 1, old)
 	}
 	return err
 }
@@ -556,8 +604,14 @@ func (w apiKeyStatusPatches) Patch(ctx context.Context, obj client.Object, p cli
 	err := w.SubResourceWriter.Patch(ctx, obj, p, opts...)
 	w.c.statusSent.Add(1)
 	if err == nil {
-		old.Status = kw.ApiKeyStatus{}
-		w.c.lagged("status", old)
+		// The patch was computed from the copy the reconcile read: what
+		// it changed is what that copy's status lacked.
+		w.c.mu.Lock()
+		if r, ok := w.c.read[k.Name]; ok {
+			r.Status.DeepCopyInto(&old.Status)
+		}
+		w.c.mu.Unlock()
+		w.c.lagged("status", cmp.Or(w.c.statusLag, 1), old)
 	}
 	return err
 }
