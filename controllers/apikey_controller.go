@@ -293,6 +293,16 @@ func (w *ownWrites) wrote(key *kw.ApiKey, now time.Time) {
 	w.m[key.UID] = ownWrite{resourceVersion: key.ResourceVersion, at: now}
 }
 
+// forget drops what is remembered of uid: its ApiKey is gone.
+func (w *ownWrites) forget(uid types.UID) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.m, uid)
+}
+
 // behind reports whether key, as the cache served it, predates this
 // process's last write to it, made under ownWriteTTL ago. It forgets the
 // write once the cache shows it, once the TTL is over, and where the two
@@ -344,6 +354,7 @@ func (r *ApiKeyReconciler) revokeDeleted(ctx context.Context, key *kw.ApiKey) er
 		return fmt.Errorf("remove finalizer from %s/%s: %w", key.Namespace, key.Name, err)
 	}
 	r.tokens.forget(client.ObjectKeyFromObject(key))
+	r.written.forget(key.UID)
 	log.FromContext(ctx).Info("revoked deleted key", "keyId", key.Status.KeyID)
 	return nil
 }

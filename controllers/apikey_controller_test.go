@@ -640,6 +640,10 @@ func TestOwnWrites(t *testing.T) {
 		}
 	}
 	w.wrote(at("a", "120"), t0)
+	if w.forget("a"); w.behind(at("a", "99"), t0) {
+		t.Fatal("a forgotten write is still waited for")
+	}
+	w.wrote(at("a", "120"), t0)
 	if w.behind(at("a", "not-a-number"), t0) || len(w.m) != 0 {
 		t.Fatal("a version that does not compare is taken as behind, or kept")
 	}
@@ -659,6 +663,7 @@ func TestOwnWrites(t *testing.T) {
 	}
 	var none *ownWrites // a reconciler not set up by SetupWithManager
 	none.wrote(at("a", "120"), t0)
+	none.forget("a")
 	if none.behind(at("a", "99"), t0) {
 		t.Fatal("a nil memory remembers")
 	}
