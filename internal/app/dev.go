@@ -13,10 +13,14 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"keyward.dev/keyward/controllers"
 	"keyward.dev/keyward/internal/index"
 	"keyward.dev/keyward/internal/logging"
 	"keyward.dev/keyward/internal/manifests"
@@ -190,6 +194,18 @@ func RunDev(ctx context.Context, o DevOptions) (err error) {
 			return fmt.Errorf("install %s: %w", dir, err)
 		}
 	}
+	// The banner below promises enforcement: wait until the API server
+	// refuses what the policies refuse (it takes them into effect
+	// asynchronously, about 2 s here).
+	cl, err := client.New(admin.Config(), client.Options{Scheme: controllers.NewScheme()})
+	if err != nil {
+		return err
+	}
+	took, err := AdmissionInEffect(ctx, cl, metav1.NamespaceDefault, time.Minute)
+	if err != nil {
+		return fmt.Errorf("install the admission policies: %w", err)
+	}
+	say("admission policies in effect after %s", took.Round(100*time.Millisecond))
 	say("restricted scopes: ApiKeyPolicy default restricts * and *:write to namespaces labelled keyward.dev/write-access=true")
 
 	applied, err := manifests.ApplyDir(ctx, admin.Config(), filepath.Join(o.Config, "samples"))

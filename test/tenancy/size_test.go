@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kw "keyward.dev/keyward/api/v1alpha1"
+	"keyward.dev/keyward/internal/app"
 	"keyward.dev/keyward/internal/index"
 	"keyward.dev/keyward/internal/testenv"
 )
@@ -195,13 +196,18 @@ func TestTenantsCannotInflateApiKeys(t *testing.T) {
 			err := bella.Create(ctx, old.DeepCopy())
 			return err == nil, fmt.Sprint(err)
 		})
+		// The wait keyward dev and these tests rely on sees the gap, and
+		// names the policy.
+		_, err := app.AdmissionInEffect(ctx, admin, "default", 2*time.Second)
+		if err == nil || !strings.Contains(err.Error(), "admission policy keyward-apikey-size not in effect") {
+			t.Fatalf("without the size binding, AdmissionInEffect said %v", err)
+		}
 		restore()
+		_, err = app.AdmissionInEffect(ctx, admin, "default", 20*time.Second)
+		must(t, err)
 		probe := key("probe")
 		probe.Labels = testenv.Labels(33, 8, 8)
-		eventually(t, 20*time.Second, "the policy to be back", func() (bool, string) {
-			err := bella.Create(ctx, probe.DeepCopy())
-			return err != nil && strings.Contains(err.Error(), "has 33 labels"), fmt.Sprint(err)
-		})
+		refused(t, "33 labels once the policy is back", bella.Create(ctx, probe), "has 33 labels")
 		_, token := awaitKey(t, bella, "bloat", "legacy")
 		archive := fmt.Sprintf(`{"metadata":{"labels":{%q:null}},"spec":{"archived":true}}`, testenv.Qualified(0, 8))
 		must(t, bella.Patch(ctx, key("legacy"), client.RawPatch(types.MergePatchType, []byte(archive))))
@@ -209,7 +215,7 @@ func TestTenantsCannotInflateApiKeys(t *testing.T) {
 			code, _ := check(t, token)
 			return code == 401, fmt.Sprint(code)
 		})
-		err := bella.Patch(ctx, key("legacy"), client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"l-999":"x","l-998":"x"}}}`)))
+		err = bella.Patch(ctx, key("legacy"), client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"labels":{"l-999":"x","l-998":"x"}}}`)))
 		refused(t, "growing past the bound again", err, "has 41 labels")
 	})
 }

@@ -106,7 +106,7 @@ func run(m *testing.M) int {
 		}
 	}
 	// Every attack below assumes the policies refuse it: wait until they do.
-	if took, err := testenv.AdmissionInEffect(ctx, admin, "default", time.Minute); err != nil {
+	if took, err := app.AdmissionInEffect(ctx, admin, "default", time.Minute); err != nil {
 		return fail(err)
 	} else if took > 5*time.Second {
 		fmt.Fprintf(os.Stderr, "the admission policies took %s to take effect\n", took.Round(time.Millisecond))

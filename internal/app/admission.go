@@ -1,4 +1,4 @@
-package testenv
+package app
 
 import (
 	"context"
@@ -14,12 +14,13 @@ import (
 )
 
 // AdmissionInEffect waits until the admission policies of config/admission
-// refuse what each exists to refuse, and returns how long that took. An
+// refuse what each exists to refuse, and returns how long that took. The
 // API server takes a policy and its binding into effect asynchronously
-// (its informers must see both, then it compiles them), usually within a
-// second or two, but on a loaded machine later: a test that attacks right
-// after installing them would otherwise see its attack accepted and fail
-// for the wrong reason (test/tenancy did, once in many runs).
+// (its informers must see both, then it compiles them): about 2 s on an
+// idle machine, later on a loaded one. Until then a restricted scope, a
+// record written by hand or an oversized ApiKey would be accepted, so
+// keyward dev waits for this before it says it is ready, and the tenancy
+// tests before they attack.
 //
 // Each probe is a dry-run request of c, which must be a cluster admin
 // other than keyward's controller (exempt from the size bound), in
@@ -28,7 +29,7 @@ import (
 //   - keyward-records-writers: an ApiKeyRecord created by c;
 //   - keyward-policy-selectors: an ApiKeyPolicy that selects on team=a;
 //   - keyward-restricted-scopes: an ApiKey with the scope '*', only when
-//     an ApiKeyPolicy restricts '*' (no policy, no restriction; call it
+//     an ApiKeyPolicy restricts '*' (no policy, no restriction: call it
 //     after applying config/policy).
 //
 // keyward-namespace-consent refuses only users who may not update
@@ -47,7 +48,10 @@ func AdmissionInEffect(ctx context.Context, c client.Client, ns string, within t
 	probes := []probe{
 		{"keyward-apikey-size", "has 33 labels", func() error {
 			k := key("admission-probe-size")
-			k.Labels = Labels(33, 8, 8)
+			k.Labels = map[string]string{}
+			for i := range 33 {
+				k.Labels[fmt.Sprintf("probe-%02d", i)] = "x"
+			}
 			return c.Create(ctx, k, client.DryRunAll)
 		}},
 		{"keyward-records-writers", "ApiKeyRecords are written by keyward only", func() error {
