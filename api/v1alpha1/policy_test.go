@@ -63,14 +63,22 @@ func TestRestrictedScopesAtAdmission(t *testing.T) {
 	createKey := func(ns, name string, scopes ...kw.Scope) error {
 		return c.Create(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: kw.ApiKeySpec{Scopes: scopes}})
 	}
-	// The policy takes effect asynchronously: wait for the first refusal.
-	deadline := time.Now().Add(20 * time.Second)
-	for createKey(plain, "probe", "*") == nil {
-		_ = c.Delete(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: plain, Name: "probe"}})
-		if time.Now().After(deadline) {
-			t.Fatal("the admission policy never refused full access in a plain namespace")
+	// The admission policy, and each ApiKeyPolicy as its parameter, take
+	// effect asynchronously: wait until each ApiKeyPolicy refuses a scope
+	// only it restricts (a write scope: default; billing:read: billing).
+	for _, probe := range []kw.Scope{"devices:write", "billing:read"} {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			err := createKey(plain, "probe", probe)
+			if err != nil && strings.Contains(err.Error(), "scope "+string(probe)+" is restricted by ApiKeyPolicy") {
+				break
+			}
+			_ = c.Delete(ctx, &kw.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: plain, Name: "probe"}})
+			if time.Now().After(deadline) {
+				t.Fatalf("the admission policy never refused %s in a plain namespace: %v", probe, err)
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
-		time.Sleep(200 * time.Millisecond)
 	}
 	policies := []kw.ApiKeyPolicy{}
 	var list kw.ApiKeyPolicyList
