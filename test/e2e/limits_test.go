@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -81,6 +82,37 @@ func tally(as []limitedAnswer) map[int]int {
 
 var rateLimitHeader = regexp.MustCompile(`^"rate";r=\d+;t=\d+$`)
 
+// shareKnown waits until a check of token sent to one replica's url is
+// allowed under policy and shows that the replica knows the key's burst
+// and that there are peers replicas: each runs a bucket of burst/peers,
+// and RateLimit's r is what is left of its bucket times peers (the key's
+// figure). Right after one check, a replica that counts itself alone says
+// burst-1, one that counts all peers (burst/peers-1)*peers, at most
+// burst-peers.
+func shareKnown(t *testing.T, url, token, policy string, burst, peers int) {
+	t.Helper()
+	remaining := regexp.MustCompile(`^"rate";r=(\d+);t=\d+$`)
+	var last string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("X-Api-Key", token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		resp.Body.Close()
+		got, rl := resp.Header.Get("RateLimit-Policy"), resp.Header.Get("RateLimit")
+		last = fmt.Sprintf("%d, RateLimit-Policy %q, RateLimit %q", resp.StatusCode, got, rl)
+		if m := remaining.FindStringSubmatch(rl); resp.StatusCode == 200 && got == policy && m != nil {
+			if r, _ := strconv.Atoi(m[1]); r <= burst-peers {
+				return
+			}
+		}
+	}
+	t.Fatalf("%s never answered as one of %d replicas sharing a burst of %d under %s; last: %s", url, peers, burst, policy, last)
+}
+
 // TestLimitsAcrossReplicasBehindNginx runs three endpoint replicas behind
 // nginx with the documented configuration (docs/gateways.md), sharing
 // limits by a Service's EndpointSlices: a key limited to 30/s gets 30/s in
@@ -140,7 +172,14 @@ spec:
 	waitStates(t, s, "keyward-demo", 30*time.Second)
 	token := s.secretValue(t, "keyward-demo", "capped-apikey", "token")
 	url := gw + "/occupancy/floors"
-	time.Sleep(2 * time.Second) // the replicas have read the key and their number
+	// Each replica has read the key's limit and that there are three of
+	// them: a check sent to it directly says so in its RateLimit header
+	// (each check takes a token of its bucket of 10; it refills 10 a
+	// second).
+	for _, addr := range []string{"127.0.0.1:8180", b.httpAddr(), c.httpAddr()} {
+		shareKnown(t, "http://"+addr+"/authn", token, `"rate";q=30;w=1`, 30, 3)
+	}
+	time.Sleep(200 * time.Millisecond) // the probes' tokens are back
 
 	rate := func(as []limitedAnswer, d time.Duration, burst int) float64 {
 		return float64(tally(as)[200]-burst) / d.Seconds()

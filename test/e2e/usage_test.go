@@ -26,6 +26,8 @@ type replica struct {
 
 func (r *replica) metricsURL() string { return fmt.Sprintf("https://127.0.0.1:%d", r.base+2) }
 
+func (r *replica) httpAddr() string { return fmt.Sprintf("127.0.0.1:%d", r.base) }
+
 func (r *replica) start(t *testing.T) {
 	t.Helper()
 	addr := func(off int) string { return fmt.Sprintf("127.0.0.1:%d", r.base+off) }
