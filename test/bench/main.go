@@ -6,6 +6,8 @@
 //  2. With 100,000 keys loaded: the endpoint's resident memory; forward-auth
 //     throughput and p99 latency under wrk, against a no-op HTTP server;
 //     gRPC Check throughput against a no-op ext_authz server.
+//  3. Durability (--phases durability): the archive PATCH with etcd as
+//     envtest runs it (no fsync) and as production runs it (fsync).
 package main
 
 import (
@@ -57,7 +59,7 @@ var (
 	conns       = flag.Int("connections", 32, "concurrent connections of each load run")
 	bin         = flag.String("bin", "bin", "folder with keyward, bench-noop and bench-inproc")
 	authnArgs   = flag.String("authn-args", "", "more flags for the endpoint under test, space-separated (e.g. --max-header-bytes=8192)")
-	phases      = flag.String("phases", "issuance,endpoint,usage,scale", "what to run: issuance (the controller), endpoint (revocation, memory, throughput, hostile load), usage (collection from 10 replicas), scale (checks at 10 and 1,000,000 keys in process)")
+	phases      = flag.String("phases", "issuance,endpoint,usage,scale,durability", "what to run: issuance (the controller), endpoint (revocation, memory, throughput, hostile load), usage (collection from 10 replicas), scale (checks at 10 and 1,000,000 keys in process), durability (the archive PATCH with etcd without and with fsync)")
 	usageKeys   = flag.Int("usage-keys", 10000, "ApiKeys of the usage phase")
 	cpEnv       = flag.String("control-plane-env", "", "environment for the endpoint phase's API server and etcd, comma-separated KEY=VALUE (e.g. GOGC=400), for experiments on the control plane's share of a revocation")
 	profile     = flag.String("profile", "", "write CPU profiles of the endpoint and of the baselines during their first wrk runs here (and here.noop, here.fastnoop); a longer --duration gives finer profiles")
@@ -100,6 +102,8 @@ func run() error {
 			err = usageRun()
 		case "scale":
 			err = scaleRun()
+		case "durability":
+			err = durabilityRun()
 		default:
 			err = fmt.Errorf("--phases: unknown %q", p)
 		}
@@ -546,7 +550,7 @@ func startControlPlane() (*envtest.Environment, *rest.Config, error) {
 			_ = os.Unsetenv(k)
 		}
 	}()
-	return testenv.Start()
+	return startEnv(*etcdFsync)
 }
 
 // controlPlanePIDs are this process's API server and etcd, those running.
