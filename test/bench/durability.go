@@ -78,7 +78,7 @@ func durabilityRun() error {
 	}
 	med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
 	report("archive PATCH, idle, etcd as envtest runs it", fmt.Sprintf("%.1f / %.1f ms", med(p50[0]), med(p99[0])),
-		fmt.Sprintf("p50 / p99, median of %d rounds of %d; no fsync (--unsafe-no-fsync), as in every other phase", *durRounds, *revocations))
+		fmt.Sprintf("p50 / p99, median of %d rounds of %d; no fsync (--unsafe-no-fsync), as the other phases run without --etcd-fsync", *durRounds, *revocations))
 	report("archive PATCH, idle, etcd with fsync", fmt.Sprintf("%.1f / %.1f ms", med(p50[1]), med(p99[1])),
 		fmt.Sprintf("p50 / p99, same rounds; as a production etcd writes (on this machine's disk): +%.1f / +%.1f ms",
 			med(p50[1])-med(p50[0]), med(p99[1])-med(p99[0])))
