@@ -14,9 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	kw "keyward.dev/keyward/api/v1alpha1"
 	"keyward.dev/keyward/controllers"
@@ -29,26 +27,6 @@ var (
 	etcdFsync = flag.Bool("etcd-fsync", false, "run every phase's etcd with fsync, as a production etcd runs (envtest starts it with --unsafe-no-fsync)")
 	durRounds = flag.Int("durability-rounds", 3, "rounds of the durability phase, each timing --revocations archivals with etcd without and with fsync")
 )
-
-// startEnv starts an API server with keyward's CRDs, and its etcd with
-// fsync when fsync is true. envtest starts etcd with --unsafe-no-fsync:
-// a write is acknowledged before it is on disk, which no production etcd
-// does.
-func startEnv(fsync bool) (*envtest.Environment, *rest.Config, error) {
-	env, err := testenv.New()
-	if err != nil {
-		return nil, nil, err
-	}
-	if fsync {
-		env.ControlPlane.Etcd = &envtest.Etcd{}
-		env.ControlPlane.Etcd.Configure().Set("unsafe-no-fsync", "false")
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		return nil, nil, fmt.Errorf("start control plane: %w", err)
-	}
-	return env, cfg, nil
-}
 
 // durabilityRun times the archive PATCH (the call a revocation waits for)
 // on an idle API server with keyward's admission policies, etcd once as
@@ -80,7 +58,7 @@ func durabilityRun() error {
 	report("archive PATCH, idle, etcd as envtest runs it", fmt.Sprintf("%.1f / %.1f ms", med(p50[0]), med(p99[0])),
 		fmt.Sprintf("p50 / p99, median of %d rounds of %d; no fsync (--unsafe-no-fsync), as the other phases run without --etcd-fsync", *durRounds, *revocations))
 	report("archive PATCH, idle, etcd with fsync", fmt.Sprintf("%.1f / %.1f ms", med(p50[1]), med(p99[1])),
-		fmt.Sprintf("p50 / p99, same rounds; as a production etcd writes (on this machine's disk): +%.1f / +%.1f ms",
+		fmt.Sprintf("p50 / p99, same rounds; as a production etcd writes (on this machine's disk): %+.1f / %+.1f ms",
 			med(p50[1])-med(p50[0]), med(p99[1])-med(p99[0])))
 	return nil
 }
@@ -89,7 +67,7 @@ func durabilityRun() error {
 // archiving each with the merge patch kubectl patch sends. It returns the
 // times and how many times etcd synced its write-ahead log meanwhile.
 func archivePatches(fsync bool, n int) ([]time.Duration, int, error) {
-	env, cfg, err := startEnv(fsync)
+	env, cfg, err := testenv.StartFsync(fsync)
 	if err != nil {
 		return nil, 0, err
 	}

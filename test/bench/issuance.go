@@ -310,7 +310,7 @@ const issuancePprof = "127.0.0.1:8392"
 // controller's ServiceAccount would (the admission policies let only it
 // write records), with every right.
 func issuanceServer() (*envtest.Environment, *envtest.AuthenticatedUser, client.WithWatch, error) {
-	env, cfg, err := startEnv(*etcdFsync)
+	env, cfg, err := testenv.StartFsync(*etcdFsync)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -550,7 +550,7 @@ func startControlPlane() (*envtest.Environment, *rest.Config, error) {
 			_ = os.Unsetenv(k)
 		}
 	}()
-	return startEnv(*etcdFsync)
+	return testenv.StartFsync(*etcdFsync)
 }
 
 // controlPlanePIDs are this process's API server and etcd, those running.

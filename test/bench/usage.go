@@ -31,6 +31,7 @@ import (
 	"keyward.dev/keyward/controllers"
 	"keyward.dev/keyward/internal/index"
 	"keyward.dev/keyward/internal/keys"
+	"keyward.dev/keyward/internal/testenv"
 	"keyward.dev/keyward/internal/usage"
 )
 
@@ -61,7 +62,7 @@ func usageRun() error {
 	n := *usageKeys
 	interval := controllers.DefaultUsageInterval
 	say("usage: %d ApiKeys, %d replicas, traffic on a tenth of the keys, rounds of %s, %d rounds", n, replicas, interval, rounds)
-	env, cfg, err := startEnv(*etcdFsync)
+	env, cfg, err := testenv.StartFsync(*etcdFsync)
 	if err != nil {
 		return err
 	}
